@@ -1,0 +1,125 @@
+// CPU row kernels of the fused MI-UE loss: one task per row (at::parallel_for), each walking
+// its Gram row once with the shared per-pair arithmetic of pair_math.h.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../common/pair_math.h"
+#include "../mi_ue_loss.h"
+
+namespace miue {
+namespace {
+
+template <typename acc_t>
+LossView<acc_t> make_view(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                          double temperature, double sim_weight, double dist_weight) {
+  return LossView<acc_t>{features.data_ptr<acc_t>(), norms.data_ptr<acc_t>(), labels.data_ptr<int64_t>(),
+                         features.size(0), features.size(1), acc_t(1.0 / temperature),
+                         acc_t(sim_weight), acc_t(dist_weight)};
+}
+
+// Grain sizes: enough work per task to amortise the thread pool for small B.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+void normalize_rows_cpu(const at::Tensor& features, at::Tensor& unit, at::Tensor& norms) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "normalize_rows_cpu", [&] {
+    const scalar_t* f = features.data_ptr<scalar_t>();
+    scalar_t* z = unit.data_ptr<scalar_t>();
+    scalar_t* n = norms.data_ptr<scalar_t>();
+    const int64_t cols = features.size(1);
+    at::parallel_for(0, features.size(0), row_grain(cols), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* row = f + i * cols;
+        // Scale by the largest magnitude first so that huge features do not overflow.
+        scalar_t biggest = 0;
+        for (int64_t k = 0; k < cols; ++k) {
+          const scalar_t a = abs_value(row[k]);
+          if (a > biggest || a != a) biggest = a;
+        }
+        scalar_t sum = 0;
+        if (biggest > 0 && is_finite(biggest)) {
+          for (int64_t k = 0; k < cols; ++k) {
+            const scalar_t s = row[k] / biggest;
+            sum += s * s;
+          }
+        }
+        const scalar_t norm = norm_from_scaled(biggest, sum);
+        n[i] = norm;
+        const scalar_t nc = clamped_norm(norm);
+        for (int64_t k = 0; k < cols; ++k) z[i * cols + k] = row[k] / nc;
+      }
+    });
+  });
+}
+
+void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                      const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                      double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cpu", [&] {
+    const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+    const scalar_t* g = gram.data_ptr<scalar_t>();
+    scalar_t* st = stats.data_ptr<scalar_t>();
+    scalar_t* out = row_loss.data_ptr<scalar_t>();
+    at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t i = row0 + r;
+        const scalar_t m_i = row_shift(v.norms[i], v.inv_t);
+        const scalar_t offset_i = scalar_t(kExpOffset) * std::exp(-m_i);
+        scalar_t same_sum = 0, all_sum = 0, dist_sum = 0;
+        const scalar_t* g_row = g + r * v.B;
+        for (int64_t j = 0; j < v.B; ++j) forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum);
+        scalar_t* s = st + i * kNumRowStats;
+        s[kShift] = m_i;
+        s[kSameSum] = same_sum;
+        s[kAllSum] = all_sum;
+        s[kDistSum] = dist_sum;
+        out[i] = finish_row_loss(v, same_sum, all_sum, dist_sum);
+      }
+    });
+  });
+}
+
+void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                       double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
+                       at::Tensor& coeff) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
+    const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+    const scalar_t* g = gram.data_ptr<scalar_t>();
+    const scalar_t* st = stats.data_ptr<scalar_t>();
+    const scalar_t upstream = grad.data_ptr<scalar_t>()[0];
+    scalar_t* m = coeff.data_ptr<scalar_t>();
+    at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t i = row0 + r;
+        scalar_t w_sum = 0, hc_sum = 0;
+        const scalar_t* g_row = g + r * v.B;
+        scalar_t* m_row = m + r * v.B;
+        for (int64_t j = 0; j < v.B; ++j) m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], w_sum, hc_sum);
+        m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
+      }
+    });
+  });
+}
+
+}  // namespace
+
+const LossKernels& cpu_loss_kernels() {
+  static const LossKernels kernels{normalize_rows_cpu, rows_forward_cpu, rows_backward_cpu};
+  return kernels;
+}
+
+TORCH_LIBRARY_IMPL(miue, CPU, m) {
+  m.impl("mi_ue_loss_forward", [](const at::Tensor& features, const at::Tensor& labels, double temperature,
+                                  double sim_weight, double dist_weight, int64_t tile_rows) {
+    return mi_ue_loss_forward(cpu_loss_kernels(), features, labels, temperature, sim_weight, dist_weight, tile_rows);
+  });
+  m.impl("mi_ue_loss_backward", [](const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
+                                   const at::Tensor& row_stats, const at::Tensor& gram, double temperature,
+                                   double sim_weight, double dist_weight, int64_t tile_rows) {
+    return mi_ue_loss_backward(cpu_loss_kernels(), grad, features, labels, row_stats, gram, temperature,
+                               sim_weight, dist_weight, tile_rows);
+  });
+}
+
+}  // namespace miue

@@ -1,0 +1,99 @@
+// Driver of the fused MI-UE loss (see mi_ue_loss.h). Kernel count per call, untiled:
+//   forward  = normalise rows + one Gram product + one row kernel + one sum      = 4 kernels
+//   backward = normalise rows + one row kernel + one product dF = M Z            = 3 kernels
+// (the forward's Gram matrix is reused by the backward, so fwd+bwd does two B x B x D products).
+// Tiled (B above the tile threshold) each row block recomputes its Gram rows in the backward.
+#include "mi_ue_loss.h"
+
+#include "common/checks.h"
+#include "common/pair_math.h"
+
+namespace miue {
+
+int64_t rows_per_tile(int64_t batch, int64_t tile_rows) {
+  if (tile_rows > 0) return std::min(batch, tile_rows);
+  if (batch * batch <= kTileElements) return batch;
+  return std::max<int64_t>(1, kTileElements / batch);
+}
+
+namespace {
+
+struct Prepared {
+  at::Tensor features;  // accumulator dtype, contiguous
+  at::Tensor labels;    // int64, contiguous
+  at::Tensor unit;      // rows scaled to unit norm
+  at::Tensor norms;     // |f_i|
+};
+
+Prepared prepare(const LossKernels& kernels, const at::Tensor& features, const at::Tensor& labels) {
+  Prepared p;
+  p.features = features.to(accumulator_type(features.scalar_type())).contiguous();
+  p.labels = labels.to(at::kLong).contiguous();
+  p.unit = at::empty_like(p.features);
+  p.norms = at::empty({p.features.size(0)}, p.features.options());
+  kernels.normalize_rows(p.features, p.unit, p.norms);
+  return p;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
+    const LossKernels& kernels, const at::Tensor& features, const at::Tensor& labels,
+    double temperature, double sim_weight, double dist_weight, int64_t tile_rows) {
+  check_loss_inputs(features, labels);
+  check_loss_scalars(temperature, sim_weight, dist_weight, tile_rows);
+  const Prepared p = prepare(kernels, features, labels);
+  const int64_t batch = p.features.size(0);
+  const int64_t tile = rows_per_tile(batch, tile_rows);
+
+  at::Tensor stats = at::empty({batch, kNumRowStats}, p.features.options());
+  at::Tensor row_loss = at::empty({batch}, p.features.options());
+  at::Tensor saved_gram = at::empty({0, 0}, p.features.options());
+  for (int64_t row0 = 0; row0 < batch; row0 += tile) {
+    const int64_t rows = std::min(tile, batch - row0);
+    at::Tensor gram = at::mm(p.unit.narrow(0, row0, rows), p.unit.t());
+    kernels.rows_forward(p.features, p.norms, p.labels, gram, row0, temperature, sim_weight,
+                         dist_weight, stats, row_loss);
+    if (rows == batch) saved_gram = gram;
+  }
+  at::Tensor loss = row_loss.sum().to(features.scalar_type());
+  return {loss, stats, saved_gram};
+}
+
+at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad,
+                               const at::Tensor& features, const at::Tensor& labels,
+                               const at::Tensor& row_stats, const at::Tensor& gram,
+                               double temperature, double sim_weight, double dist_weight,
+                               int64_t tile_rows) {
+  check_loss_inputs(features, labels);
+  check_loss_scalars(temperature, sim_weight, dist_weight, tile_rows);
+  const Prepared p = prepare(kernels, features, labels);
+  const int64_t batch = p.features.size(0);
+  TORCH_CHECK(grad.numel() == 1, "grad must hold one element (the loss is a scalar), got shape ",
+              grad.sizes());
+  TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({batch, kNumRowStats}) &&
+                  row_stats.scalar_type() == p.features.scalar_type(),
+              "row_stats must be the [B, 4] statistics returned by mi_ue_loss_forward");
+  const bool reuse_gram = gram.numel() > 0;
+  TORCH_CHECK(!reuse_gram || gram.sizes() == at::IntArrayRef({batch, batch}),
+              "gram must be empty or the [B, B] matrix returned by mi_ue_loss_forward");
+  const at::Tensor stats = row_stats.contiguous();
+  const at::Tensor grad_acc = grad.reshape({1}).to(p.features.scalar_type()).contiguous();
+  const int64_t tile = reuse_gram ? batch : rows_per_tile(batch, tile_rows);
+
+  at::Tensor grad_features = at::empty_like(p.features);
+  for (int64_t row0 = 0; row0 < batch; row0 += tile) {
+    const int64_t rows = std::min(tile, batch - row0);
+    at::Tensor block_gram = reuse_gram ? gram.contiguous()
+                                       : at::mm(p.unit.narrow(0, row0, rows), p.unit.t());
+    // A recomputed block is private to this loop, so its coefficients overwrite it in place.
+    at::Tensor coeff = reuse_gram ? at::empty_like(block_gram) : block_gram;
+    kernels.rows_backward(p.features, p.norms, p.labels, block_gram, row0, temperature, sim_weight,
+                          dist_weight, stats, grad_acc, coeff);
+    at::Tensor out_rows = grad_features.narrow(0, row0, rows);
+    at::mm_out(out_rows, coeff, p.unit);
+  }
+  return grad_features.to(features.scalar_type());
+}
+
+}  // namespace miue

@@ -1,0 +1,37 @@
+// The device-independent driver of the fused loss: tiling over row blocks, the Gram products
+// (at::mm, i.e. BLAS or cuBLAS) and the calls into the per-device row kernels.
+#pragma once
+#include <ATen/ATen.h>
+#include <tuple>
+
+namespace miue {
+
+// The per-device kernels the driver needs. Tensors are contiguous, in the accumulator type.
+struct LossKernels {
+  // norms[i] = |f_i| (overflow-safe), unit[i] = f_i / max(|f_i|, 1e-8).
+  void (*normalize_rows)(const at::Tensor& features, at::Tensor& unit, at::Tensor& norms);
+  // Rows [row0, row0 + gram.size(0)): fills stats[row, :] and row_loss[row] from gram rows.
+  void (*rows_forward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                       double dist_weight, at::Tensor& stats, at::Tensor& row_loss);
+  // Same rows: coeff = M rows of the backward (see pair_math.h), scaled by grad (a 1-element tensor).
+  void (*rows_backward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
+                        at::Tensor& coeff);
+};
+
+// Returns (loss, row_stats [B, 4], gram [B, B] or empty when tiled).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
+    const LossKernels& kernels, const at::Tensor& features, const at::Tensor& labels,
+    double temperature, double sim_weight, double dist_weight, int64_t tile_rows);
+
+at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad,
+                               const at::Tensor& features, const at::Tensor& labels,
+                               const at::Tensor& row_stats, const at::Tensor& gram,
+                               double temperature, double sim_weight, double dist_weight,
+                               int64_t tile_rows);
+
+int64_t rows_per_tile(int64_t batch, int64_t tile_rows);
+
+}  // namespace miue

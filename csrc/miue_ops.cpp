@@ -1,0 +1,24 @@
+// The op schemas of the `miue` namespace (one TORCH_LIBRARY block) and the Python module
+// `miue_ext._C`, which exists only so that `import miue_ext._C` loads the registrations.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(miue, m) {
+  // L = sim_weight * L_sim + dist_weight * L_dist; also returns what the backward reuses.
+  m.def("mi_ue_loss_forward(Tensor features, Tensor labels, float temperature, float sim_weight, "
+        "float dist_weight, int tile_rows=0) -> (Tensor loss, Tensor row_stats, Tensor gram)");
+  m.def("mi_ue_loss_backward(Tensor grad, Tensor features, Tensor labels, Tensor row_stats, Tensor gram, "
+        "float temperature, float sim_weight, float dist_weight, int tile_rows=0) -> Tensor");
+  m.def("intra_class_cosine_forward(Tensor features, Tensor labels) -> Tensor");
+  m.def("intra_class_cosine_backward(Tensor grad, Tensor features, Tensor labels) -> Tensor");
+  m.def("pgd_update_(Tensor(a!) delta, Tensor x, Tensor grad, float alpha, float eps) -> ()");
+  m.def("pgd_update_indexed_(Tensor(a!) poison, Tensor index, Tensor x, Tensor grad, float alpha, "
+        "float eps, bool check_index=True) -> ()");
+}

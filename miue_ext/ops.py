@@ -1,0 +1,141 @@
+"""Thin Python wrappers over the fused torch.ops.miue operators, plus their fake (meta) and
+autograd registrations so that they work under autograd, torch.compile and opcheck.
+
+Non-finite features (NaN or inf) give a NaN loss and NaN gradients, as PyTorch's losses do.
+"""
+import torch
+
+from . import _extension  # noqa: F401  (registers torch.ops.miue)
+
+_ops = torch.ops.miue
+
+# Above this many B x B entries the loss works on row blocks (must match kTileElements in
+# csrc/common/pair_math.h); the fake kernels need it to know whether a Gram matrix is returned.
+TILE_ELEMENTS = 1 << 24
+
+
+def _rows_per_tile(batch, tile_rows):
+    if tile_rows > 0:
+        return min(batch, tile_rows)
+    if batch * batch <= TILE_ELEMENTS:
+        return batch
+    return max(1, TILE_ELEMENTS // batch)
+
+
+def _accumulator_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("miue::mi_ue_loss_forward")
+def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_weight, tile_rows=0):
+    torch._check(features.dim() == 2, lambda: "features must be a 2-D tensor [B, D]")
+    torch._check(labels.dim() == 1, lambda: "labels must be a 1-D tensor [B]")
+    batch = features.shape[0]
+    acc = _accumulator_dtype(features.dtype)
+    stats = features.new_empty((batch, 4), dtype=acc)
+    if _rows_per_tile(batch, tile_rows) >= batch:
+        gram = features.new_empty((batch, batch), dtype=acc)
+    else:
+        gram = features.new_empty((0, 0), dtype=acc)
+    return features.new_empty(()), stats, gram
+
+
+@torch.library.register_fake("miue::mi_ue_loss_backward")
+def _mi_ue_loss_backward_fake(grad, features, labels, row_stats, gram, temperature, sim_weight,
+                              dist_weight, tile_rows=0):
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("miue::intra_class_cosine_forward")
+def _intra_class_cosine_forward_fake(features, labels):
+    return features.new_empty(())
+
+
+@torch.library.register_fake("miue::intra_class_cosine_backward")
+def _intra_class_cosine_backward_fake(grad, features, labels):
+    return torch.empty_like(features, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("miue::pgd_update_")
+def _pgd_update_fake(delta, x, grad, alpha, eps):
+    return None
+
+
+@torch.library.register_fake("miue::pgd_update_indexed_")
+def _pgd_update_indexed_fake(poison, index, x, grad, alpha, eps, check_index=True):
+    return None
+
+
+# --------------------------------------------------------------------------- autograd
+def _loss_setup_context(ctx, inputs, output):
+    features, labels, temperature, sim_weight, dist_weight, tile_rows = inputs
+    _, row_stats, gram = output
+    ctx.save_for_backward(features, labels, row_stats, gram)
+    ctx.params = (temperature, sim_weight, dist_weight, tile_rows)
+
+
+def _loss_backward(ctx, grad_loss, grad_stats, grad_gram):
+    features, labels, row_stats, gram = ctx.saved_tensors
+    grad_features = None
+    if ctx.needs_input_grad[0]:
+        grad_features = _ops.mi_ue_loss_backward(grad_loss, features, labels, row_stats, gram, *ctx.params)
+    return grad_features, None, None, None, None, None
+
+
+torch.library.register_autograd("miue::mi_ue_loss_forward", _loss_backward, setup_context=_loss_setup_context)
+
+
+def _cosine_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _cosine_backward(ctx, grad_value):
+    features, labels = ctx.saved_tensors
+    grad_features = None
+    if ctx.needs_input_grad[0]:
+        grad_features = _ops.intra_class_cosine_backward(grad_value, features, labels)
+    return grad_features, None
+
+
+torch.library.register_autograd(
+    "miue::intra_class_cosine_forward", _cosine_backward, setup_context=_cosine_setup_context
+)
+
+
+# --------------------------------------------------------------------------- public API
+def mi_ue_loss(features, labels, temperature=0.1, zeta=0.1, *, tile_rows=0):
+    """L_sim + zeta * L_dist of MIUE_SPEC for features [B, D] and integer labels [B]; a 0-d tensor."""
+    return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, float(zeta), int(tile_rows))[0]
+
+
+def sim_loss(features, labels, temperature=0.1, *, tile_rows=0):
+    """L_sim alone: -mean_i log(sum_{same class} e_ij / sum_j e_ij), e_ij = exp(cos_ij / t) + 1e-8."""
+    return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, 0.0, int(tile_rows))[0]
+
+
+def dist_loss(features, labels, *, tile_rows=0):
+    """L_dist alone: mean_i log(1 + (1/D) sum_{same class} |f_i - f_j|)."""
+    return _ops.mi_ue_loss_forward(features, labels, 1.0, 0.0, 1.0, int(tile_rows))[0]
+
+
+def intra_class_cosine(features, labels):
+    """Mean cosine similarity over same-class pairs i != j (NaN when no class has two members)."""
+    return _ops.intra_class_cosine_forward(features, labels)
+
+
+def pgd_update_(delta, x, grad, alpha, eps):
+    """In place: delta <- clamp(x + clamp(delta - alpha*sign(grad), -eps, eps), 0, 1) - x. Returns delta."""
+    _ops.pgd_update_(delta, x, grad, float(alpha), float(eps))
+    return delta
+
+
+def pgd_update_indexed_(poison, index, x, grad, alpha, eps, check_index=True):
+    """pgd_update_ on the rows poison[index] in place, without a gather/scatter copy. Returns poison.
+
+    x and grad are [B, *poison.shape[1:]] with B = len(index). Indices must be distinct (like
+    index_put_ without accumulate, duplicates update in an unspecified order). check_index=False
+    skips the range check, which costs a host sync on CUDA (the kernel still asserts).
+    """
+    _ops.pgd_update_indexed_(poison, index, x, grad, float(alpha), float(eps), bool(check_index))
+    return poison
