@@ -1,0 +1,46 @@
+"""Write files so that a crash (even kill -9) leaves either the old file or the new one.
+
+Data goes to a temporary file in the destination folder, is flushed to disk, and is then
+renamed over the destination: rename within one file system is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """`with atomic_write(p) as f: f.write(...)`: p appears only if the block succeeds."""
+    target = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise OSError now if `path` cannot be created, rather than after hours of work."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{path} is a directory")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent or ".")
+    os.close(fd)
+    os.unlink(tmp_name)

@@ -1,0 +1,57 @@
+"""`miue`: the command line. Each subcommand lives in its own module of miue_ext.commands
+(or anywhere else) that defines `add_arguments(parser)` and `run(args) -> int`; to add one,
+add a line to SUBCOMMANDS.
+
+Exit codes: 0 success, 1 the run failed (e.g. a non-finite loss), 2 bad input, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {  # name -> (module, one-line help)
+    "generate": ("miue_ext.commands.generate", "compute MI-UE (or EM) perturbations and write a poison file"),
+    "export": ("miue_ext.commands.export", "write a poison file as PNGs + labels.csv + EM-style perturbation.pt"),
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="miue", description="Mutual-Information Unlearnable Examples (MI-UE).")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    subparsers.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from miue_ext.errors import InputError, NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except InputError as err:
+        print(f"miue {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"miue {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"miue {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Compute unlearnable-example perturbations for a data set and write a poison file.
+
+--eps and --alpha are in pixel units of 1/255 (--eps 8 means 8/255), as in the authors'
+command line. With no arguments: the embedded `patches` data set, MI-UE, eps 8/255, written
+to poison.npz (about ten minutes on two CPU cores; a GPU uses ResNet-18 and 100 epochs).
+
+examples:
+  miue generate
+  miue generate --data cifar10 --root ~/data --out cifar10_miue.npz --device cuda
+  miue generate --method em --data npz:mine.npz --out mine_em.npz
+  miue generate --resume            # continue an interrupted run from poison.npz.ckpt/
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+
+from miue_ext.generate.config import METHODS, MODES, OBJECTIVES
+
+CPU_DEFAULT_EPOCHS = 20  # the paper's 100 epochs take ~50 min for `patches` on 2 CPU cores
+GPU_DEFAULT_EPOCHS = 100
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data and output")
+    data.add_argument("--data", default="patches",
+                      help="patches (default) | digits | cifar10 | cifar100 | imagefolder:PATH | npz:PATH")
+    data.add_argument("--root", help="folder of the CIFAR files (cifar10/cifar100)")
+    data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
+    data.add_argument("--max-samples", type=int, help="use only the first N training samples")
+    data.add_argument("--out", default="poison.npz", help="poison file to write (default: poison.npz)")
+
+    method = p.add_argument_group("method")
+    method.add_argument("--method", choices=METHODS, default="miue",
+                        help="miue (default) or em: error-minimizing noise (objective ce, 20 steps of 0.8/255, stop rule)")
+    method.add_argument("--objective", choices=OBJECTIVES, help="mi (default for miue) | sim | cos | ce")
+    method.add_argument("--mode", choices=MODES, help="samplewise (default) or classwise")
+    method.add_argument("--epochs", type=int, help=f"min-min epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
+                                                   f"{CPU_DEFAULT_EPOCHS} on CPU)")
+    method.add_argument("--steps", type=int, help="perturbation steps K per batch and epoch (default 10)")
+    method.add_argument("--eps", type=float, help="L-inf budget in 1/255 units (default 8)")
+    method.add_argument("--alpha", help="step size in 1/255 units: A, or START:END for a linear schedule "
+                                        "over the epochs (default 0.2:4/K)")
+    method.add_argument("--zeta", type=float, help="weight of L_dist (default 0.1)")
+    method.add_argument("--temperature", type=float, help="temperature of L_sim (default 0.1)")
+    method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
+    method.add_argument("--stop-accuracy", type=float,
+                        help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
+    method.add_argument("--no-stop-rule", action="store_true", help="em without its stop rule")
+
+    surrogate = p.add_argument_group("surrogate training")
+    surrogate.add_argument("--model", default="auto", help="resnet18 | smallcnn (default: resnet18 on CUDA, smallcnn on CPU)")
+    surrogate.add_argument("--feature-layer", help="name of the layer whose output is the feature vector")
+    surrogate.add_argument("--batch-size", type=int, help="surrogate training batch (default 128)")
+    surrogate.add_argument("--poison-batch-size", type=int, help="perturbation batch (default 512)")
+    surrogate.add_argument("--lr", type=float, help="surrogate SGD learning rate (default 0.1)")
+    surrogate.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                           help="no random horizontal flip while training the surrogate")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N")
+    run.add_argument("--seed", type=int, help="random seed (default 0)")
+    run.add_argument("--deterministic", action="store_true", default=None,
+                     help="deterministic kernels: same seed and device give a bit-identical poison")
+    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate")
+    run.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    run.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
+    run.add_argument("--checkpoint-dir", help="checkpoint folder (default: OUT.ckpt, removed after success)")
+    run.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1)")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    run.add_argument("--keep-checkpoint", action="store_true", help="keep the default checkpoint folder")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _alpha(text: str | None) -> tuple[float | None, float | None]:
+    from miue_ext.errors import InputError
+
+    if text is None:
+        return None, None
+    try:
+        parts = [float(part) / 255 for part in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise InputError(f"--alpha must be A or START:END in 1/255 units, not {text!r}")
+    return parts[0], parts[-1]
+
+
+def build_config(args: argparse.Namespace, device_type: str):
+    from miue_ext.errors import InputError
+    from miue_ext.generate import GenerationConfig
+
+    alpha_start, alpha_end = _alpha(args.alpha)
+    stop = None if args.stop_accuracy is None else args.stop_accuracy / 100
+    if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 255):
+        raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
+    epochs = args.epochs
+    if epochs is None:
+        epochs = GPU_DEFAULT_EPOCHS if device_type == "cuda" else CPU_DEFAULT_EPOCHS
+    config = GenerationConfig.for_method(
+        args.method, objective=args.objective, mode=args.mode, epochs=epochs, steps=args.steps,
+        eps=None if args.eps is None else args.eps / 255, alpha_start=alpha_start, alpha_end=alpha_end,
+        zeta=args.zeta, temperature=args.temperature, batch_size=args.batch_size,
+        poison_batch_size=args.poison_batch_size, lr=args.lr, flip=args.flip, random_start=args.random_start,
+        stop_accuracy=stop, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, checkpoint_every=args.checkpoint_every,
+    )
+    if args.no_stop_rule:
+        config.stop_accuracy = None
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from miue_ext.atomic import check_writable
+    from miue_ext.datasets import ImageDataset, load_dataset
+    from miue_ext.errors import InputError
+    from miue_ext.generate import generate, resolve_device
+    from miue_ext.generate.report import poison_meta, summary_lines
+    from miue_ext.poison_file import load_poison, quantize, save_poison
+
+    try:  # fail now, not after hours of work
+        check_writable(args.out)
+    except OSError as err:
+        raise InputError(f"cannot write --out {args.out}: {err.strerror or err}") from None
+    device = resolve_device(args.device)
+    config = build_config(args, device.type)
+    dataset = load_dataset(args.data, "train", root=args.root, download=args.download)
+    if args.max_samples is not None:
+        if args.max_samples < 1:
+            raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
+        dataset = ImageDataset(dataset.images[: args.max_samples], dataset.labels[: args.max_samples],
+                               name=dataset.name, num_classes=dataset.num_classes, class_names=dataset.class_names)
+    default_checkpoints = args.checkpoint_dir is None
+    checkpoint_dir = Path(args.checkpoint_dir or f"{args.out}.ckpt")
+    log = _logger(args.progress)
+    log(f"generating {args.method} ({config.objective}, {config.mode}) for {dataset.name}: {len(dataset)} images, "
+        f"{dataset.num_classes} classes, eps {config.eps * 255:g}/255, {config.epochs} epochs x {config.steps} steps, "
+        f"device {device}")
+    result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer, device=str(device),
+                      checkpoint_dir=checkpoint_dir, resume=args.resume, progress=args.progress, log=log)
+    poisoned, perturbation = quantize(dataset.images, result.delta.numpy(), config.eps)
+    meta = poison_meta(args.method, config, result, dataset)
+    save_poison(args.out, poisoned, dataset.labels, perturbation, meta)
+    load_poison(args.out, clean_images=dataset.images)  # read back: budget and round trip
+    for line in summary_lines(result, perturbation, args.out):
+        log(line)
+    if default_checkpoints and not args.keep_checkpoint:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return 0
+
+
+def _logger(progress: bool):
+    if not progress:
+        return lambda line: print(line, flush=True)
+    from tqdm import tqdm
+
+    return lambda line: tqdm.write(line, file=sys.stdout)

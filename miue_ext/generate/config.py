@@ -1,0 +1,92 @@
+"""Every hyperparameter of poison generation, with the paper's values as defaults.
+
+All budgets and step sizes are fractions of the [0, 1] pixel range (the CLI takes them in
+1/255 units, as the authors' command line does, and divides by 255).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from miue_ext.errors import InputError
+
+OBJECTIVES = ("mi", "sim", "cos", "ce")
+METHODS = ("miue", "em")
+MODES = ("samplewise", "classwise")
+
+
+@dataclass
+class GenerationConfig:
+    objective: str = "mi"  # mi = L_sim + zeta * L_dist; sim; cos (intra-class cosine); ce (EM)
+    mode: str = "samplewise"  # or "classwise": one perturbation per class
+    epochs: int = 100  # E: outer min-min iterations
+    steps: int = 10  # K: sign-gradient steps per poison batch and epoch
+    eps: float = 8 / 255  # L-inf budget
+    alpha_start: float = 0.2 / 255  # step size at epoch 1 ...
+    alpha_end: float | None = None  # ... falling linearly to this at epoch E; None: 4 / (255 K)
+    zeta: float = 0.1  # weight of L_dist (the paper's full method; the authors' script uses 0)
+    temperature: float = 0.1
+    batch_size: int = 128  # surrogate training batch
+    poison_batch_size: int = 512  # perturbation batch
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_min: float = 1e-6  # cosine decay floor
+    flip: bool = True  # random horizontal flip of the clean image while training the surrogate
+    random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
+    stop_accuracy: float | None = None  # EM's stop rule: stop once poisoned-train accuracy exceeds it
+    seed: int = 0
+    deterministic: bool = False
+    amp: bool = True  # bf16 autocast where the device is CUDA
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the surrogate
+    checkpoint_every: int = 1  # epochs between checkpoints (when a checkpoint folder is given)
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> "GenerationConfig":
+        """MI-UE defaults, or error-minimizing noise (Huang et al. 2021) defaults for `em`."""
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        base = {}
+        if method == "em":
+            base = dict(objective="ce", steps=20, alpha_start=0.8 / 255, alpha_end=0.8 / 255, stop_accuracy=0.99)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(**base)
+        config.validate()
+        return config
+
+    @property
+    def final_alpha(self) -> float:
+        return self.alpha_end if self.alpha_end is not None else 4 / (255 * self.steps)
+
+    def alpha_at(self, epoch: int) -> float:
+        """Step size for 1-based `epoch`: linear from alpha_start (epoch 1) to the final alpha (epoch E)."""
+        if self.epochs == 1:
+            return self.alpha_start
+        fraction = (epoch - 1) / (self.epochs - 1)
+        return self.alpha_start + fraction * (self.final_alpha - self.alpha_start)
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise InputError(message)
+
+        need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        need(math.isfinite(self.eps) and 0 < self.eps <= 1, f"eps must be in (0, 255]/255, got {self.eps * 255:g}/255")
+        for name in ("epochs", "steps", "batch_size", "poison_batch_size", "checkpoint_every"):
+            need(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("alpha_start", "final_alpha"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value > 0, f"alpha must be > 0, got {value * 255:g}/255")
+        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(self.zeta >= 0, f"zeta must be >= 0, got {self.zeta}")
+        need(self.lr > 0 and self.lr_min >= 0, "learning rates must be positive")
+        need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # Settings that may change between a checkpoint and its resumption without changing the result.
+    RESUMABLE_CHANGES = ("compile", "checkpoint_every")

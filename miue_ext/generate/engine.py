@@ -1,0 +1,241 @@
+"""The min-min generation loop (MI-UE, and error-minimizing noise as its `ce` variant).
+
+For epoch e = 1..E:
+  1. train the surrogate one epoch with cross-entropy on x + delta (flip of the clean image);
+  2. [EM stop rule, if set] stop once the surrogate's accuracy on x + delta exceeds it;
+  3. for every shuffled poison batch take K steps delta <- proj(delta - alpha_e sign(grad));
+  4. check that the losses and delta are finite, step the LR schedule, checkpoint.
+Finally delta is clamped to [-eps, eps]. See ../../docs/generation.md.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from miue_ext.datasets import ImageDataset
+from miue_ext.errors import InputError, NonFiniteLossError
+from miue_ext.generate import checkpoint as ckpt
+from miue_ext.generate import steps
+from miue_ext.generate.config import GenerationConfig
+from miue_ext.generate.objectives import make_objective
+from miue_ext.generate.progress import Progress
+from miue_ext.models import FeatureSurrogate, build_model
+
+
+@dataclass
+class GenerationResult:
+    delta: torch.Tensor  # float32 CPU [N, H, W, C], fractions, within [-eps, eps]
+    history: list[dict] = field(default_factory=list)  # one record per epoch run
+    seconds: float = 0.0  # wall time of all runs, resumed ones included
+    device: str = "cpu"
+    surrogate: str = ""
+    stopped_early: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def default_model_name(device: torch.device) -> str:
+    return "resnet18" if device.type == "cuda" else "smallcnn"
+
+
+def _epoch_generator(seed: int, epoch: int, stage: int) -> torch.Generator:
+    # A fresh generator per (epoch, stage) keeps shuffles reproducible across resumes.
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 4 + stage)
+
+
+class _DeterministicMode:
+    """Switch torch to deterministic kernels for the run, and restore the old settings after."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+        if self.enabled:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reproducibility
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        return self
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.saved[0])
+        torch.backends.cudnn.benchmark = self.saved[1]
+
+
+def generate(dataset: ImageDataset, config: GenerationConfig, *, model: nn.Module | None = None,
+             model_name: str = "auto", feature_layer: str | None = None, device: str = "auto",
+             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+             log: Callable[[str], None] = print) -> GenerationResult:
+    """Compute MI-UE (or EM) perturbations for `dataset`; see the module docstring."""
+    config.validate()
+    dev = resolve_device(device)
+    with _DeterministicMode(config.deterministic):
+        return _Run(dataset, config, model, model_name, feature_layer, dev, checkpoint_dir, progress, log).run(resume)
+
+
+class _Run:
+    def __init__(self, dataset, config, model, model_name, feature_layer, device, checkpoint_dir, progress, log):
+        self.config, self.device, self.log = config, device, log
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.fingerprint = dataset.fingerprint()
+        self.n = len(dataset)
+        torch.manual_seed(config.seed)  # model initialisation
+        if model is None:
+            model_name = default_model_name(device) if model_name == "auto" else model_name
+            model = build_model(model_name, dataset.num_classes, dataset.images.shape[3])
+        else:
+            model_name = type(model).__name__
+        self.model_name = model_name
+        self.surrogate = FeatureSurrogate(model, feature_layer).to(device)
+        if config.channels_last:
+            self.surrogate = self.surrogate.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.surrogate) if config.compile else self.surrogate
+        self.images = torch.from_numpy(dataset.images).to(device)  # uint8, resident on the device
+        self.labels = torch.from_numpy(dataset.labels).to(device)
+        rows = dataset.num_classes if config.mode == "classwise" else self.n
+        self.delta = torch.zeros((rows, *dataset.images.shape[1:]), device=device)
+        if config.random_start:
+            noise = torch.rand(self.delta.shape, generator=_epoch_generator(config.seed, 0, 0))
+            self.delta.copy_(noise.mul_(2).sub_(1).mul_(config.eps))
+            if config.mode == "samplewise":  # keep x + delta a valid image
+                x = self.images.float().div_(255)
+                self.delta.copy_((x + self.delta).clamp_(0, 1) - x)
+        self.optimizer = torch.optim.SGD(self.surrogate.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs,
+                                                                    eta_min=config.lr_min)
+        self.objective = make_objective(config.objective, config.temperature, config.zeta)
+        self.amp = lambda: steps.autocast_context(device, config.amp)
+        self.progress = Progress(enabled=progress, total_epochs=config.epochs)
+        self.history: list[dict] = []
+        self.start_epoch, self.previous_seconds = 1, 0.0
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _state(self, epoch: int, seconds: float) -> dict:
+        return {
+            "epoch": epoch, "model": self.surrogate.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.capture_rng_state(), "delta": self.delta.cpu(), "history": self.history,
+            "config": self.config.to_dict(), "fingerprint": self.fingerprint, "seconds": seconds,
+            "surrogate": self.model_name,
+        }
+
+    def _resume(self) -> None:
+        if self.checkpoint_dir is None:
+            raise InputError("--resume needs --checkpoint-dir")
+        state = ckpt.load_checkpoint(self.checkpoint_dir)
+        ckpt.check_compatible(state["config"], self.config.to_dict(), state["fingerprint"], self.fingerprint,
+                              ignore=GenerationConfig.RESUMABLE_CHANGES)
+        self.surrogate.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.delta.copy_(state["delta"])
+        ckpt.restore_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.start_epoch, self.previous_seconds = state["epoch"] + 1, state["seconds"]
+        self.log(f"resumed from {ckpt.checkpoint_path(self.checkpoint_dir)} after epoch {state['epoch']}")
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, resume: bool) -> GenerationResult:
+        if resume:
+            self._resume()
+        started = time.perf_counter()
+        stopped_early = False
+        cfg = self.config
+        for epoch in self.progress.epochs(self.start_epoch, cfg.epochs):
+            record = self._epoch(epoch)
+            self.history.append(record)
+            self.log(_format_record(record, cfg.epochs))
+            stopped_early = record.get("stopped", False)
+            seconds = self.previous_seconds + time.perf_counter() - started
+            last = epoch == cfg.epochs or stopped_early
+            if self.checkpoint_dir is not None and (epoch % cfg.checkpoint_every == 0 or last):
+                ckpt.save_checkpoint(self.checkpoint_dir, self._state(epoch, seconds))
+            if stopped_early:
+                break
+        self.progress.close()
+        self.delta.clamp_(-cfg.eps, cfg.eps)  # the final projection of the algorithm
+        full = self.delta.index_select(0, self.labels) if cfg.mode == "classwise" else self.delta
+        if cfg.mode == "classwise":  # the per-sample perturbation that is actually applied
+            x = self.images.float().div_(255)
+            full = (x + full).clamp_(0, 1) - x
+        return GenerationResult(
+            delta=full.cpu(), history=self.history, device=str(self.device), surrogate=self.model_name,
+            seconds=self.previous_seconds + time.perf_counter() - started, stopped_early=stopped_early,
+        )
+
+    def _epoch(self, epoch: int) -> dict:
+        cfg, dev = self.config, self.device
+        classwise = cfg.mode == "classwise"
+        alpha, lr = cfg.alpha_at(epoch), self.optimizer.param_groups[0]["lr"]
+        tick = time.perf_counter()
+        shuffle = _epoch_generator(cfg.seed, epoch, 1)
+        order = torch.randperm(self.n, generator=shuffle).to(dev)
+        flips = (torch.rand(self.n, generator=shuffle) < 0.5).to(dev) if cfg.flip else None
+        self.surrogate.requires_grad_(True)
+        bar = self.progress.stage("train", self.n)
+        loss_sum, correct = steps.train_epoch(
+            self.forward, self.optimizer, self.images, self.labels, self.delta, classwise, order, flips,
+            cfg.batch_size, self.amp, cfg.channels_last, bar.train_update)
+        bar.close()
+        train_loss, train_acc = loss_sum.item() / self.n, correct.item() / self.n
+        if not torch.isfinite(loss_sum):
+            self._non_finite(epoch, "surrogate training loss")
+        record = {"epoch": epoch, "alpha": alpha, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+        self.scheduler.step()
+        self.surrogate.requires_grad_(False)  # frozen while the perturbation moves
+        if cfg.stop_accuracy is not None:
+            acc = steps.poisoned_accuracy(self.forward, self.images, self.labels, self.delta, classwise,
+                                          cfg.poison_batch_size, self.amp, cfg.channels_last).item()
+            record["poisoned_acc"] = acc
+            if acc > cfg.stop_accuracy:
+                record.update(stopped=True, seconds=time.perf_counter() - tick)
+                return record
+        self.surrogate.eval()
+        perturb_tick = time.perf_counter()
+        bar = self.progress.stage("perturb", self.n)
+        perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
+        loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, order,
+                           cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
+                           bar.perturb_update)
+        bar.close()
+        poison_loss = loss_sum.item() / (cfg.steps * -(-self.n // cfg.poison_batch_size))  # host sync
+        perturb_seconds = time.perf_counter() - perturb_tick
+        if not (torch.isfinite(loss_sum) and torch.isfinite(self.delta).all()):
+            self._non_finite(epoch, f"{cfg.objective} perturbation loss")
+        record.update(poison_loss=poison_loss, throughput=self.n * cfg.steps / perturb_seconds,
+                      seconds=time.perf_counter() - tick)
+        return record
+
+    def _non_finite(self, epoch: int, what: str):
+        self.progress.close()
+        where = (f"the last good checkpoint in {self.checkpoint_dir} is kept"
+                 if self.checkpoint_dir is not None else "no checkpoint was requested")
+        raise NonFiniteLossError(f"non-finite {what} in epoch {epoch}; stopped ({where})")
+
+
+def _format_record(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}",
+             f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.1f}%"]
+    if "poisoned_acc" in record:
+        parts.append(f"poisoned acc {100 * record['poisoned_acc']:.1f}%")
+    if record.get("stopped"):
+        parts.append("stop rule reached")
+    else:
+        parts += [f"poison loss {record['poison_loss']:.4f}", f"alpha {255 * record['alpha']:.3f}/255",
+                  f"{record['throughput']:.0f} img*steps/s"]
+    parts += [f"lr {record['lr']:.4g}", f"{record['seconds']:.1f}s"]
+    return " | ".join(parts)

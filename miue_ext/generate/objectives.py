@@ -1,0 +1,29 @@
+"""Perturbation objectives: each returns the scalar the perturbation step *minimises*.
+
+The MI objectives call the fused ops; there is deliberately no fallback to a slow path: if
+the compiled extension is missing, importing `miue_ext.ops` fails loudly.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_objective(name: str, temperature: float = 0.1, zeta: float = 0.1) -> Objective:
+    """`objective(features [B, D] float32, logits [B, C] float32, labels [B]) -> 0-dim loss`."""
+    if name == "ce":  # error-minimizing noise: make the surrogate's loss small
+        return lambda features, logits, labels: F.cross_entropy(logits, labels)
+
+    import miue_ext.ops as ops
+
+    if name == "mi":
+        return lambda features, logits, labels: ops.mi_ue_loss(features, labels, temperature, zeta)
+    if name == "sim":
+        return lambda features, logits, labels: ops.sim_loss(features, labels, temperature)
+    if name == "cos":  # maximise mean intra-class cosine similarity
+        return lambda features, logits, labels: -ops.intra_class_cosine(features, labels)
+    raise ValueError(f"unknown objective {name!r}")

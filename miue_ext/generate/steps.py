@@ -1,0 +1,139 @@
+"""The two halves of one min-min epoch, and the accuracy check of EM's stop rule.
+
+Tensors on the device:
+    images  uint8  [N, H, W, C]  the clean data set, resident for the whole run
+    labels  int64  [N]
+    delta   float32 [N, H, W, C] (sample-wise) or [classes, H, W, C] (class-wise), fractions
+Batches are gathered as NHWC; `to_model_layout` permutes them to an NCHW view, which *is*
+channels_last memory, so no copy is made when the surrogate runs channels_last.
+
+Nothing in the K-step loop reads a value back to the host: losses are summed on the device
+and read once per batch by the caller's progress bar, at most.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from miue_ext.generate.objectives import Objective
+
+
+def to_model_layout(batch_nhwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    nchw = batch_nhwc.permute(0, 3, 1, 2)
+    return nchw if channels_last else nchw.contiguous()
+
+
+def autocast_context(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batches(order: torch.Tensor, batch_size: int):
+    for start in range(0, order.numel(), batch_size):
+        yield order[start : start + batch_size]
+
+
+def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=None):
+    """(x + delta clamped to [0, 1], labels) for the samples in `index`; flips the clean image only."""
+    x = images.index_select(0, index).float().div_(255)
+    y = labels.index_select(0, index)
+    if flip_mask is not None:
+        flip = flip_mask.index_select(0, index).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(2), x)  # axis 2 of NHWC is the width
+    rows = delta.index_select(0, y if classwise else index)
+    return (x + rows).clamp_(0, 1), y
+
+
+def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, labels, delta,
+                classwise: bool, order, flip_mask, batch_size: int, amp, channels_last: bool,
+                on_batch: Callable[[torch.Tensor, torch.Tensor, int], None]):
+    """One epoch of cross-entropy training on x + delta. Returns device sums (loss, correct)."""
+    surrogate.train()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for index in batches(order, batch_size):
+        inputs, y = perturbed_batch(images, labels, delta, classwise, index, flip_mask)
+        with amp():
+            _, logits = surrogate(to_model_layout(inputs, channels_last))
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * index.numel()
+        correct += (logits.argmax(1) == y).sum()
+        on_batch(loss_sum, correct, index.numel())
+    return loss_sum, correct
+
+
+def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
+                       steps: int, alpha: float, eps: float, amp, channels_last: bool,
+                       on_batch: Callable[[torch.Tensor, int], None]) -> torch.Tensor:
+    """K sign-gradient steps on every poison batch, updating rows of `delta` in place.
+
+    `order` is the (shuffled) list of sample indices this process owns: all of them today;
+    a multi-GPU run would pass each rank its shard, e.g. order[rank::world_size].
+    Returns the device sum of the objective over all steps and batches.
+    """
+    import miue_ext.ops as ops
+
+    loss_sum = torch.zeros((), device=images.device)
+    for index in batches(order, batch_size):
+        x = images.index_select(0, index).float().div_(255)
+        y = labels.index_select(0, index)
+        for _ in range(steps):
+            inputs = (x + delta.index_select(0, index)).requires_grad_(True)
+            with amp():
+                features, logits = surrogate(to_model_layout(inputs, channels_last))
+            loss = objective(features.float(), logits.float(), y)
+            (grad,) = torch.autograd.grad(loss, inputs)
+            # In place on delta[index]; check_index=False: indices come from a permutation of
+            # range(N), and the check would synchronise with the host on every step.
+            ops.pgd_update_indexed_(delta, index, x, grad, alpha, eps, check_index=False)
+            loss_sum += loss.detach()
+        on_batch(loss_sum, index.numel())
+    return loss_sum
+
+
+def perturb_classwise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
+                      steps: int, alpha: float, eps: float, amp, channels_last: bool,
+                      on_batch: Callable[[torch.Tensor, int], None]) -> torch.Tensor:
+    """Class-wise: one delta per class; its gradient sums over the batch's samples of that class.
+
+    A shared delta cannot be projected onto [0, 1] for every image at once, so only the eps
+    projection applies here; images are clamped to [0, 1] when the delta is added.
+    """
+    loss_sum = torch.zeros((), device=images.device)
+    for index in batches(order, batch_size):
+        x = images.index_select(0, index).float().div_(255)
+        y = labels.index_select(0, index)
+        for _ in range(steps):
+            leaf = delta.detach().requires_grad_(True)
+            inputs = (x + leaf.index_select(0, y)).clamp(0, 1)
+            with amp():
+                features, logits = surrogate(to_model_layout(inputs, channels_last))
+            loss = objective(features.float(), logits.float(), y)
+            (grad,) = torch.autograd.grad(loss, leaf)
+            delta.sub_(grad.sign(), alpha=alpha).clamp_(-eps, eps)  # classes not in the batch: grad 0
+            loss_sum += loss.detach()
+        on_batch(loss_sum, index.numel())
+    return loss_sum
+
+
+@torch.no_grad()
+def poisoned_accuracy(surrogate, images, labels, delta, classwise: bool, batch_size: int, amp,
+                      channels_last: bool) -> torch.Tensor:
+    """Accuracy of the surrogate (eval mode) on the poisoned training set, as a device scalar."""
+    surrogate.eval()
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    order = torch.arange(images.shape[0], device=images.device)
+    for index in batches(order, batch_size):
+        inputs, y = perturbed_batch(images, labels, delta, classwise, index)
+        with amp():
+            _, logits = surrogate(to_model_layout(inputs, channels_last))
+        correct += (logits.argmax(1) == y).sum()
+    return correct.double() / images.shape[0]
