@@ -1,0 +1,97 @@
+"""Checkpoints: atomic, complete, and a resumed deterministic run equals an uninterrupted one."""
+import os
+
+import pytest
+import torch
+
+from miue_ext.atomic import atomic_write
+from miue_ext.datasets import ImageDataset, load_dataset
+from miue_ext.errors import InputError
+from miue_ext.generate import GenerationConfig, generate
+from miue_ext.generate.checkpoint import load_checkpoint
+
+
+def tiny_data(n=40, offset=0):
+    full = load_dataset("patches")
+    return ImageDataset(full.images[offset : offset + n], full.labels[offset : offset + n], name="tiny", num_classes=8)
+
+
+def config(**overrides):
+    base = dict(epochs=3, steps=2, batch_size=16, poison_batch_size=16, deterministic=True, seed=5)
+    base.update(overrides)
+    return GenerationConfig(**base)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at_epoch(epoch):
+    def log(line):
+        if line.startswith(f"epoch {epoch}/"):
+            raise Crash  # after epoch-1's checkpoint, before epoch's own
+    return log
+
+
+def gen(cfg, data=None, **kwargs):
+    kwargs.setdefault("log", lambda line: None)
+    return generate(data or tiny_data(), cfg, device="cpu", model_name="smallcnn", **kwargs)
+
+
+def test_checkpoint_holds_everything_needed(tmp_path):
+    gen(config(epochs=2), checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert {"model", "optimizer", "scheduler", "rng", "delta", "config", "fingerprint"} <= set(state)
+    assert state["scheduler"]["last_epoch"] == 2 and state["optimizer"]["state"]  # momentum buffers
+    assert {"torch", "numpy", "python"} <= set(state["rng"])
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp files left
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+    straight = gen(config())
+    with pytest.raises(Crash):
+        gen(config(), checkpoint_dir=tmp_path, log=crash_at_epoch(3))
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+    lines = []
+    resumed = gen(config(), checkpoint_dir=tmp_path, resume=True, log=lines.append)
+    assert lines[0].startswith("resumed from") and lines[1].startswith("epoch 3/3")
+    assert torch.equal(resumed.delta, straight.delta)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_checkpoint_every_n_epochs(tmp_path):
+    with pytest.raises(Crash):
+        gen(config(epochs=4, checkpoint_every=2), checkpoint_dir=tmp_path, log=crash_at_epoch(4))
+    assert load_checkpoint(tmp_path)["epoch"] == 2  # epoch 3 was not checkpointed
+
+
+def test_resume_refuses_other_settings_or_data(tmp_path):
+    gen(config(epochs=2), checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match="checkpoint has eps="):
+        gen(config(epochs=2, eps=4 / 255), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(InputError, match="different data"):
+        gen(config(epochs=2), tiny_data(offset=1), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(InputError, match="no checkpoint at"):
+        gen(config(epochs=2), checkpoint_dir=tmp_path / "empty", resume=True)
+    with pytest.raises(InputError, match="needs --checkpoint-dir"):
+        gen(config(epochs=2), resume=True)
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="unreadable checkpoint"):
+        gen(config(), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write(b"new but incomplete")
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f.bin"]
+    with atomic_write(target) as handle:
+        handle.write(b"new")
+    assert target.read_bytes() == b"new"
