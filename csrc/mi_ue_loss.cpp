@@ -1,6 +1,6 @@
 // Driver of the fused MI-UE loss (see mi_ue_loss.h). Kernel count per call, untiled:
 //   forward  = normalise rows + one Gram product + one row kernel + one sum      = 4 kernels
-//   backward = normalise rows + one row kernel + one product dF = M Z            = 3 kernels
+//   backward = normalise rows + zero the output + one row kernel + dF += M Z      = 4 kernels
 // (the forward's Gram matrix is reused by the backward, so fwd+bwd does two B x B x D products).
 // Tiled (B above the tile threshold) each row block recomputes its Gram rows in the backward.
 #include "mi_ue_loss.h"
@@ -81,17 +81,17 @@ at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& gra
   const at::Tensor grad_acc = grad.reshape({1}).to(p.features.scalar_type()).contiguous();
   const int64_t tile = reuse_gram ? batch : rows_per_tile(batch, tile_rows);
 
-  at::Tensor grad_features = at::empty_like(p.features);
+  at::Tensor grad_features = at::zeros_like(p.features);
   for (int64_t row0 = 0; row0 < batch; row0 += tile) {
     const int64_t rows = std::min(tile, batch - row0);
     at::Tensor block_gram = reuse_gram ? gram.contiguous()
                                        : at::mm(p.unit.narrow(0, row0, rows), p.unit.t());
     // A recomputed block is private to this loop, so its coefficients overwrite it in place.
     at::Tensor coeff = reuse_gram ? at::empty_like(block_gram) : block_gram;
-    kernels.rows_backward(p.features, p.norms, p.labels, block_gram, row0, temperature, sim_weight,
-                          dist_weight, stats, grad_acc, coeff);
     at::Tensor out_rows = grad_features.narrow(0, row0, rows);
-    at::mm_out(out_rows, coeff, p.unit);
+    kernels.rows_backward(p.features, p.norms, p.labels, block_gram, row0, temperature, sim_weight,
+                          dist_weight, stats, grad_acc, coeff, out_rows);
+    out_rows.addmm_(coeff, p.unit);
   }
   return grad_features.to(features.scalar_type());
 }

@@ -14,11 +14,13 @@ struct LossKernels {
   void (*rows_forward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
                        double dist_weight, at::Tensor& stats, at::Tensor& row_loss);
-  // Same rows: coeff = M rows of the backward (see pair_math.h), scaled by grad (a 1-element tensor).
+  // Same rows: coeff = M rows of the backward (see pair_math.h), scaled by grad (a 1-element
+  // tensor); near-duplicate pairs add their share into direct (the rows' slice of the output,
+  // zero on entry), to which the driver then adds coeff @ unit.
   void (*rows_backward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                         const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
                         double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
-                        at::Tensor& coeff);
+                        at::Tensor& coeff, at::Tensor& direct);
 };
 
 // Returns (loss, row_stats [B, 4], gram [B, B] or empty when tiled).

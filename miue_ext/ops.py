@@ -27,10 +27,19 @@ def _accumulator_dtype(dtype):
 
 
 # --------------------------------------------------------------------------- fake kernels
+def _check_loss_args(features, labels):
+    """The checks of csrc/common/checks.h that depend only on metadata, for the fake kernels."""
+    torch._check(features.dim() == 2, lambda: f"features must be a 2-D tensor [B, D], got shape {tuple(features.shape)}")
+    torch._check(labels.dim() == 1, lambda: f"labels must be a 1-D tensor [B], got shape {tuple(labels.shape)}")
+    torch._check(
+        labels.device == features.device,
+        lambda: f"labels must be on the same device as features ({features.device}), got {labels.device}",
+    )
+
+
 @torch.library.register_fake("miue::mi_ue_loss_forward")
 def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_weight, tile_rows=0):
-    torch._check(features.dim() == 2, lambda: "features must be a 2-D tensor [B, D]")
-    torch._check(labels.dim() == 1, lambda: "labels must be a 1-D tensor [B]")
+    _check_loss_args(features, labels)
     batch = features.shape[0]
     acc = _accumulator_dtype(features.dtype)
     stats = features.new_empty((batch, 4), dtype=acc)
@@ -49,6 +58,7 @@ def _mi_ue_loss_backward_fake(grad, features, labels, row_stats, gram, temperatu
 
 @torch.library.register_fake("miue::intra_class_cosine_forward")
 def _intra_class_cosine_forward_fake(features, labels):
+    _check_loss_args(features, labels)
     return features.new_empty(())
 
 

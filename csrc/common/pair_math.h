@@ -88,16 +88,22 @@ MIUE_HD acc_t exact_distance(const LossView<acc_t>& v, int64_t i, int64_t j, acc
   return s * sqrt_acc(sum);
 }
 
+template <typename acc_t>
+struct PairDistance {
+  acc_t r;     // |f_i - f_j|
+  bool exact;  // recomputed from the features (near-duplicate pair)
+};
+
 // |f_i - f_j| from the cosine c_ij of the Gram matrix, with the near-duplicate fallback.
 template <typename acc_t>
-MIUE_HD acc_t pair_distance(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t c_ij) {
+MIUE_HD PairDistance<acc_t> pair_distance(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t c_ij) {
   const acc_t n_i = v.norms[i], n_j = v.norms[j];
   const acc_t nc_i = clamped_norm(n_i), nc_j = clamped_norm(n_j);
   const acc_t s = nc_i > nc_j ? nc_i : nc_j;
   const acc_t a = n_i / s, b = n_j / s;
   const acc_t q = (a - b) * (a - b) + acc_t(2) * (a * b - (nc_i / s) * (nc_j / s) * c_ij);
-  if (!(q >= acc_t(kRecomputeBelow))) return exact_distance(v, i, j, s);
-  return s * sqrt_acc(q);
+  if (!(q >= acc_t(kRecomputeBelow))) return {exact_distance(v, i, j, s), true};
+  return {s * sqrt_acc(q), false};
 }
 
 // Forward contribution of pair (i, j) to row i's sums (shifted by m_i).
@@ -110,7 +116,7 @@ MIUE_HD void forward_pair(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t 
     all_sum += e;
     if (same) same_sum += e;
   }
-  if (v.dist_weight != acc_t(0) && same && j != i) dist_sum += pair_distance(v, i, j, c_ij);
+  if (v.dist_weight != acc_t(0) && same && j != i) dist_sum += pair_distance(v, i, j, c_ij).r;
 }
 
 // Row i's share of the loss, from its finished sums.
@@ -127,10 +133,12 @@ MIUE_HD acc_t finish_row_loss(const LossView<acc_t>& v, acc_t same_sum, acc_t al
 //   W_ij = [y_i = y_j] (w_i + w_j) / |f_i - f_j|,  w_i = zeta / (B (D + S_i)),
 // and a row correction (normalisation backward and the f_i side of the distances) that lands
 // on the diagonal: M_ii += g * (nc_i sum_j W_ij - [n_i >= 1e-8] sum_j H_ij c_ij / nc_i).
-// This returns M_ij without g and adds the pair's share of the two row sums.
-template <typename acc_t>
+// For near-duplicate pairs W_ij (f_i - f_j) would cancel catastrophically inside M Z, so those
+// pairs add g W_ij (f_i - f_j) straight into row i of the output instead (`add_direct`).
+// Returns M_ij without g and adds the pair's share of the two row sums (w_sum holds nc_i W_ij).
+template <typename acc_t, typename AddDirect>
 MIUE_HD acc_t backward_pair(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
-                            acc_t c_ij, acc_t& w_sum, acc_t& hc_sum) {
+                            acc_t c_ij, acc_t upstream, acc_t& w_sum, acc_t& hc_sum, AddDirect add_direct) {
   const bool same = v.labels[i] == v.labels[j];
   const acc_t nc_i = clamped_norm(v.norms[i]);
   acc_t m_ij = 0;
@@ -148,13 +156,20 @@ MIUE_HD acc_t backward_pair(const LossView<acc_t>& v, const acc_t* stats, int64_
     m_ij += h / nc_i;
   }
   if (v.dist_weight != acc_t(0) && same && j != i) {
-    const acc_t r = pair_distance(v, i, j, c_ij);
-    if (r != acc_t(0)) {  // |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN still propagates
+    const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
+    if (d.r != acc_t(0)) {  // |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN still propagates
       const acc_t w_i = v.dist_weight / (acc_t(v.B) * (acc_t(v.D) + stats[i * kNumRowStats + kDistSum]));
       const acc_t w_j = v.dist_weight / (acc_t(v.B) * (acc_t(v.D) + stats[j * kNumRowStats + kDistSum]));
-      const acc_t w = (w_i + w_j) / r;
-      w_sum += w;
-      m_ij -= w * clamped_norm(v.norms[j]);
+      if (d.exact) {
+        const acc_t* fi = v.features + i * v.D;
+        const acc_t* fj = v.features + j * v.D;
+        const acc_t coef = upstream * (w_i + w_j);
+        for (int64_t k = 0; k < v.D; ++k) add_direct(k, coef * ((fi[k] - fj[k]) / d.r));
+      } else {
+        // ratios first: W_ij alone underflows for huge features
+        w_sum += (w_i + w_j) * (nc_i / d.r);
+        m_ij -= (w_i + w_j) * (clamped_norm(v.norms[j]) / d.r);
+      }
     }
   }
   return m_ij;
@@ -166,7 +181,7 @@ MIUE_HD acc_t backward_diagonal_correction(const LossView<acc_t>& v, int64_t i, 
   const acc_t nc_i = clamped_norm(n_i);
   // clamp_min passes the gradient where n >= floor, as torch.clamp_min does
   const acc_t normalisation = n_i >= acc_t(kNormFloor) ? hc_sum / nc_i : acc_t(0);
-  return nc_i * w_sum - normalisation;
+  return w_sum - normalisation;
 }
 
 // In-place projected sign step of MIUE_SPEC, in the formula's order of operations and in the

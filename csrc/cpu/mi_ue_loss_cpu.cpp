@@ -82,20 +82,24 @@ void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const
 void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
-                       at::Tensor& coeff) {
+                       at::Tensor& coeff, at::Tensor& direct) {
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
     const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     const scalar_t* g = gram.data_ptr<scalar_t>();
     const scalar_t* st = stats.data_ptr<scalar_t>();
     const scalar_t upstream = grad.data_ptr<scalar_t>()[0];
     scalar_t* m = coeff.data_ptr<scalar_t>();
+    scalar_t* out = direct.data_ptr<scalar_t>();
     at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = row0 + r;
         scalar_t w_sum = 0, hc_sum = 0;
         const scalar_t* g_row = g + r * v.B;
         scalar_t* m_row = m + r * v.B;
-        for (int64_t j = 0; j < v.B; ++j) m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], w_sum, hc_sum);
+        scalar_t* out_row = out + r * v.D;  // only this task writes row r
+        const auto add_direct = [out_row](int64_t k, scalar_t value) { out_row[k] += value; };
+        for (int64_t j = 0; j < v.B; ++j)
+          m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], upstream, w_sum, hc_sum, add_direct);
         m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
       }
     });

@@ -63,16 +63,24 @@ __global__ void rows_forward_kernel(LossView<T> v, const T* gram, int64_t row0, 
   }
 }
 
+// Near-duplicate pairs of one row are spread over the block's threads, hence the atomics.
+template <typename T>
+struct AtomicAddToRow {
+  T* row;
+  __device__ void operator()(int64_t k, T value) const { atomicAdd(row + k, value); }
+};
+
 // `coeff` may alias `gram`: each element is read before the same thread overwrites it.
 template <typename T>
 __global__ void rows_backward_kernel(LossView<T> v, const T* gram, int64_t row0, const T* stats,
-                                     const T* grad, T* coeff) {
+                                     const T* grad, T* coeff, T* direct) {
   const int64_t r = blockIdx.x, i = row0 + r;
   const T upstream = grad[0];
   T w_sum = 0, hc_sum = 0;
   for (int64_t j = threadIdx.x; j < v.B; j += blockDim.x) {
     const T c_ij = gram[r * v.B + j];
-    coeff[r * v.B + j] = upstream * backward_pair(v, stats, i, j, c_ij, w_sum, hc_sum);
+    coeff[r * v.B + j] =
+        upstream * backward_pair(v, stats, i, j, c_ij, upstream, w_sum, hc_sum, AtomicAddToRow<T>{direct + r * v.D});
   }
   w_sum = block_all_reduce(w_sum, SumOp());
   hc_sum = block_all_reduce(hc_sum, SumOp());
@@ -102,13 +110,14 @@ void rows_forward_cuda(const at::Tensor& features, const at::Tensor& norms, cons
 
 void rows_backward_cuda(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                         const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff) {
+                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff,
+                        at::Tensor& direct) {
   const c10::cuda::CUDAGuard guard(features.device());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cuda", [&] {
     const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     rows_backward_kernel<scalar_t><<<gram.size(0), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         v, gram.data_ptr<scalar_t>(), row0, stats.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-        coeff.data_ptr<scalar_t>());
+        coeff.data_ptr<scalar_t>(), direct.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
