@@ -16,10 +16,9 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from miue_ext.generate.objectives import Objective
+from miue_ext.generate.objectives import Objective, cross_entropy
 
 
 def to_model_layout(batch_nhwc: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -60,7 +59,7 @@ def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, 
         inputs, y = perturbed_batch(images, labels, delta, classwise, index, flip_mask)
         with amp():
             _, logits = surrogate(to_model_layout(inputs, channels_last))
-        loss = F.cross_entropy(logits.float(), y)
+        loss = cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
