@@ -58,10 +58,10 @@ def extension():
     cpp = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
     cu = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     # at::parallel_for expands OpenMP pragmas inside our translation units.
-    args = {"cxx": opt + ["-fopenmp"]}
+    args = {"cxx": opt + ["-fopenmp", "-DMIUE_PYTHON_MODULE"]}
     link = ["-fopenmp"]
     if want_cuda():
-        args["nvcc"] = opt + ["-lineinfo"]
+        args["nvcc"] = opt + ["-lineinfo", "-DMIUE_PYTHON_MODULE"]
         return CUDAExtension("miue_ext._C", cpp + cu, extra_compile_args=args, extra_link_args=link)
     return CppExtension("miue_ext._C", cpp, extra_compile_args=args, extra_link_args=link)
 

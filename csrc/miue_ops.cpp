@@ -1,7 +1,9 @@
-// The op schemas of the `miue` namespace (one TORCH_LIBRARY block) and the Python module
-// `miue_ext._C`, which exists only so that `import miue_ext._C` loads the registrations.
-#include <Python.h>
+// The op schemas of the `miue` namespace (one TORCH_LIBRARY block) and, in the Python build,
+// the module `miue_ext._C`, which exists only so that `import miue_ext._C` loads the ops.
 #include <torch/library.h>
+
+#ifdef MIUE_PYTHON_MODULE
+#include <Python.h>
 
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -9,6 +11,7 @@ PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 }
+#endif
 
 TORCH_LIBRARY(miue, m) {
   // L = sim_weight * L_sim + dist_weight * L_dist; also returns what the backward reuses.

@@ -1,0 +1,45 @@
+# `make demo`: set everything up, then protect the embedded data set with MI-UE.
+# `make test`: set everything up, then run every test that can run here.
+PYTHON ?= python3
+VENV ?= .venv
+# torch==2.14.1 is a CUDA build (nvcc then compiles the CUDA kernels too); torch==2.13.0 is CPU-only.
+TORCH ?= torch==2.14.1
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+export MAX_JOBS ?= 2
+
+.PHONY: demo test test-quick build bench cmake-check clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel ninja
+	$(PIP) install --quiet $(TORCH)
+	touch $@
+
+# Editable install: builds miue_ext._C in place and installs the pinned dependencies.
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install --no-build-isolation -e '.[test]'
+	touch $@
+
+build: $(VENV)/.built
+
+demo: build
+	mkdir -p out
+	$(VENV)/bin/miue generate --out out/poison.npz
+
+test: build
+	$(PY) -m pytest python_tests -q
+
+test-quick: build
+	$(PY) -m pytest python_tests -q -m "not slow"
+
+bench: build
+	$(PY) -m pytest benchmarks -q
+
+# The CMake build of the same sources (C++ users, IDEs); CI builds it once so it does not rot.
+cmake-check: $(VENV)/.deps
+	PY=$(PY) .ci/cmake_check.sh
+
+clean:
+	rm -rf build miue_ext/_C*.so *.egg-info
