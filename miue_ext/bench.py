@@ -1,0 +1,449 @@
+"""`miue bench`: time the fused ops against plain PyTorch on this machine, and the providers
+that benchmarks/ (pytest-benchmark) shares, so both measure exactly the same code.
+
+Providers:
+  fused     miue_ext.ops, the fused kernels
+  eager     idiomatic PyTorch in the input's dtype (miue_ext.reference.mi_ue_loss_eager:
+            normalize + matmul + cdist; for the update, miue_ext.reference.pgd_update)
+  authors   the structure of the authors' released code: a [B, B, D] broadcast for the cosines
+            and a per-row Python loop for the distances (miue_ext.reference.mi_ue_loss_authors)
+  compiled  torch.compile(eager), shapes static
+  floor     what no implementation can skip: the B x B x D matrix products of the loss
+            (Z Z^T forward, two products backward: 1, 2 or 3 of them by mode) into preallocated
+            outputs; for the update, a copy that moves as many bytes (read 3 tensors, write 1)
+
+Peak extra memory is what a call allocates above what was allocated before it (its outputs
+included, its inputs not). CUDA: torch.cuda.max_memory_allocated. CPU: the running sum of the
+allocations and frees that torch's CPU allocator reports to the profiler (profile_memory=True);
+memory that BLAS/OpenMP allocate on their own is not seen.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+TEMPERATURE, ZETA = 0.1, 0.1
+ALPHA, EPS = 0.8 / 255, 8 / 255
+IMAGE_SHAPE = (3, 32, 32)
+LOSS_OPS = ("mi_ue_loss", "sim_loss", "dist_loss", "intra_class_cosine")
+MODES = ("fwd", "bwd", "fwd+bwd")
+PRODUCTS = {"fwd": 1, "bwd": 2, "fwd+bwd": 3}  # B x B x D products a fused loss cannot avoid
+LOSS_PROVIDERS = ("fused", "eager", "authors", "compiled", "floor")
+PGD_PROVIDERS = ("fused", "eager", "compiled", "floor")
+# The authors' structure holds about 6 [B, B, D] float32 tensors at its peak (measured with the
+# CPU allocator profile at B=256..512): 6 * 4 bytes per element of the broadcast.
+AUTHORS_BYTES_PER_BROADCAST_ELEMENT = 24
+
+
+# --------------------------------------------------------------------------- eager/authors forms
+def _unit_rows(features):
+    return features / torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _same_class(labels, dtype):
+    return (labels[:, None] == labels[None, :]).to(dtype)
+
+
+def dist_loss_eager(features, labels):
+    """L_dist as a PyTorch user writes it: cdist, masked row sums (the eager form's dist term)."""
+    same = _same_class(labels, features.dtype)
+    return torch.log1p((torch.cdist(features, features) * same).sum(1) / features.shape[1]).mean()
+
+
+def intra_class_cosine_eager(features, labels):
+    unit = _unit_rows(features)
+    eye = torch.eye(features.shape[0], dtype=torch.bool, device=features.device)
+    pairs = (labels[:, None] == labels[None, :]) & ~eye
+    return (unit @ unit.T)[pairs].mean()
+
+
+def dist_loss_authors(features, labels):
+    """The authors' per-row loop for L_dist (the distance half of reference.mi_ue_loss_authors)."""
+    terms = []
+    for i in range(features.shape[0]):
+        diff = features[i] - features[labels == labels[i]]
+        square = (diff * diff).sum(-1)
+        positive = square > 0  # gradient 0 at |v| = 0 instead of sqrt's NaN
+        norms = torch.where(positive, torch.sqrt(torch.where(positive, square, torch.ones_like(square))), 0.0)
+        terms.append(torch.log1p(norms.sum() / features.shape[1]))
+    return torch.stack(terms).mean()
+
+
+def intra_class_cosine_authors(features, labels):
+    cos = F.cosine_similarity(features[:, None, :], features[None, :, :], dim=-1, eps=1e-8)
+    eye = torch.eye(features.shape[0], dtype=torch.bool, device=features.device)
+    return cos[(labels[:, None] == labels[None, :]) & ~eye].mean()
+
+
+def _loss_forms():
+    """{provider: {op: f(features, labels) -> 0-dim loss}} for every provider but floor/compiled."""
+    import miue_ext.ops as ops
+    import miue_ext.reference as ref
+
+    return {
+        "fused": {
+            "mi_ue_loss": lambda f, y: ops.mi_ue_loss(f, y, TEMPERATURE, ZETA),
+            "sim_loss": lambda f, y: ops.sim_loss(f, y, TEMPERATURE),
+            "dist_loss": lambda f, y: ops.dist_loss(f, y),
+            "intra_class_cosine": lambda f, y: ops.intra_class_cosine(f, y),
+        },
+        "eager": {
+            "mi_ue_loss": lambda f, y: ref.mi_ue_loss_eager(f, y, TEMPERATURE, ZETA),
+            "sim_loss": lambda f, y: ref.mi_ue_loss_eager(f, y, TEMPERATURE, 0.0),
+            "dist_loss": dist_loss_eager,
+            "intra_class_cosine": intra_class_cosine_eager,
+        },
+        "authors": {
+            "mi_ue_loss": lambda f, y: ref.mi_ue_loss_authors(f, y, TEMPERATURE, ZETA),
+            "sim_loss": lambda f, y: ref.mi_ue_loss_authors(f, y, TEMPERATURE, 0.0),
+            "dist_loss": dist_loss_authors,
+            "intra_class_cosine": intra_class_cosine_authors,
+        },
+    }
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled(name: str, eager_fn: Callable) -> Callable:
+    """One torch.compile wrapper per eager function, static shapes (a recompile per size)."""
+    if name not in _COMPILED:
+        import torch._dynamo
+
+        # Every benchmark size is a new specialisation; the default limit (8) would silently
+        # fall back to eager after the 8th.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        _COMPILED[name] = torch.compile(eager_fn, dynamic=False)
+    return _COMPILED[name]
+
+
+def loss_function(op: str, provider: str) -> Callable:
+    if provider == "compiled":
+        return compiled(op, _loss_forms()["eager"][op])
+    return _loss_forms()[provider][op]
+
+
+def authors_fits(batch: int, dim: int, device: torch.device) -> bool:
+    """Whether the authors' [B, B, D] broadcast fits in half of the memory there is."""
+    need = AUTHORS_BYTES_PER_BROADCAST_ELEMENT * batch * batch * dim
+    if device.type == "cuda":
+        return need < 0.5 * torch.cuda.get_device_properties(device).total_memory
+    return need < 0.5 * available_host_bytes()
+
+
+def available_host_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 8 << 30
+
+
+# --------------------------------------------------------------------------- runners
+@dataclass
+class Runner:
+    """`run` is the timed call; `setup`, if any, prepares each call untimed (backward-only mode)."""
+
+    run: Callable[[], object]
+    setup: Callable[[], object] | None = None
+
+
+def loss_inputs(batch: int, dim: int, classes: int, device, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, generator=generator).to(device)
+    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
+    return features, labels
+
+
+def loss_runner(op: str, mode: str, provider: str, features, labels) -> Runner:
+    if provider == "floor":
+        return floor_runner(mode, features)
+    loss_fn = loss_function(op, provider)
+    leaf = features.detach().clone().requires_grad_(True)
+    if mode == "fwd":  # with grad enabled, as in training: the forward saves what backward needs
+        return Runner(lambda: loss_fn(leaf, labels))
+    if mode == "fwd+bwd":
+        def forward_backward():
+            leaf.grad = None
+            loss_fn(leaf, labels).backward()
+        return Runner(forward_backward)
+    pending = {}
+
+    def forward_untimed():
+        leaf.grad = None
+        pending["loss"] = loss_fn(leaf, labels)
+
+    return Runner(lambda: pending.pop("loss").backward(), setup=forward_untimed)
+
+
+def floor_runner(mode: str, features) -> Runner:
+    unit = _unit_rows(features.detach())
+    batch = unit.shape[0]
+    gram = unit.new_empty(batch, batch)
+    weights = torch.randn_like(gram)  # stands in for the elementwise-assembled backward matrix M
+    grad_a, grad_b = torch.empty_like(unit), torch.empty_like(unit)
+
+    def forward_product():
+        torch.mm(unit, unit.T, out=gram)
+
+    def backward_products():
+        torch.mm(weights, unit, out=grad_a)
+        torch.mm(weights.T, unit, out=grad_b)
+
+    def all_three():
+        forward_product()
+        backward_products()
+
+    return Runner({"fwd": forward_product, "bwd": backward_products, "fwd+bwd": all_three}[mode])
+
+
+def pgd_eager_(delta, x, grad):
+    import miue_ext.reference as ref
+
+    return delta.copy_(ref.pgd_update(delta, x, grad, ALPHA, EPS))
+
+
+def pgd_indexed_eager_(poison, index, x, grad):
+    import miue_ext.reference as ref
+
+    poison[index] = ref.pgd_update(poison[index], x, grad, ALPHA, EPS)
+    return poison
+
+
+def pgd_inputs(shape, device, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=generator).to(device)
+    delta = ((torch.rand(shape, generator=generator) * 2 - 1) * EPS).to(device)
+    grad = torch.randn(shape, generator=generator).to(device)
+    return delta, x, grad
+
+
+def pgd_runner(provider: str, shape, device) -> Runner:
+    """delta <- proj(delta - alpha sign(grad)) in place on tensors of `shape`."""
+    import miue_ext.ops as ops
+
+    delta, x, grad = pgd_inputs(shape, device)
+    if provider == "floor":  # a copy of 2n elements reads 2n and writes 2n, as the update does
+        source = torch.rand(2 * delta.numel(), device=device)
+        target = torch.empty_like(source)
+        return Runner(lambda: target.copy_(source))
+    update = {"fused": lambda d, a, g: ops.pgd_update_(d, a, g, ALPHA, EPS), "eager": pgd_eager_,
+              "compiled": compiled("pgd_update_", pgd_eager_)}[provider]
+    return Runner(lambda: update(delta, x, grad))
+
+
+def pgd_indexed_runner(provider: str, pool_rows: int, batch: int, device) -> Runner:
+    """The rows poison[index] of a [pool_rows, 3, 32, 32] pool, as the generation engine updates them."""
+    import miue_ext.ops as ops
+
+    poison, _, _ = pgd_inputs((pool_rows, *IMAGE_SHAPE), device, seed=1)
+    delta, x, grad = pgd_inputs((batch, *IMAGE_SHAPE), device, seed=2)
+    index = torch.randperm(pool_rows, generator=torch.Generator().manual_seed(3))[:batch].to(device)
+    if provider == "fused":  # check_index=False, as the engine calls it (the check syncs on CUDA)
+        return Runner(lambda: ops.pgd_update_indexed_(poison, index, x, grad, ALPHA, EPS, check_index=False))
+    update = {"eager": pgd_indexed_eager_, "compiled": compiled("pgd_update_indexed_", pgd_indexed_eager_)}[provider]
+    return Runner(lambda: update(poison, index, x, grad))
+
+
+# --------------------------------------------------------------------------- models of the work
+def loss_flops(batch: int, dim: int, mode: str) -> int:
+    return 2 * batch * batch * dim * PRODUCTS[mode]
+
+
+def loss_min_bytes(batch: int, dim: int, mode: str, itemsize: int = 4) -> int:
+    """Read the features (and labels) once; write the gradient once if the mode has a backward."""
+    return batch * dim * itemsize * (1 if mode == "fwd" else 2) + batch * 8
+
+
+def pgd_bytes(elements: int, itemsize: int = 4) -> int:
+    return 4 * elements * itemsize  # read delta, x, grad; write delta
+
+
+# --------------------------------------------------------------------------- measuring
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cuda_synchronized_clock() -> float:
+    """A host clock that first waits for the GPU, so a timed region holds the work it launched."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """The profiler's backend prints start/stop lines on the C-level stderr; hide them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_extra_bytes(runner: Runner, device) -> int:
+    """Peak bytes allocated by one call of runner.run above what was allocated before it."""
+    device = torch.device(device)
+    if runner.setup is not None:
+        runner.setup()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        runner.run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        runner.run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:  # frees of memory allocated before the region are not reported
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def seconds_per_call(runner: Runner, device, calls: int = 1) -> float:
+    """Wall time of `calls` calls (setup excluded), divided by `calls`."""
+    total = 0.0
+    for _ in range(calls):
+        if runner.setup is not None:
+            runner.setup()
+        synchronize(device)
+        start = time.perf_counter()
+        runner.run()
+        synchronize(device)
+        total += time.perf_counter() - start
+    return total / calls
+
+
+def plan_rounds(estimate_s: float, budget_s: float, device, has_setup: bool, max_rounds: int = 50):
+    """(rounds, calls per round): about budget_s in all, at least 3 rounds unless one call is
+    already over budget; on CUDA, rounds of >= 2 ms so the synchronisation is noise."""
+    calls = 1
+    if torch.device(device).type == "cuda" and not has_setup and estimate_s > 0:
+        calls = max(1, min(1000, math.ceil(2e-3 / estimate_s)))
+    per_round = max(estimate_s * calls, 1e-9)
+    rounds = int(budget_s / per_round)
+    rounds = max(1 if per_round > budget_s else 3, min(max_rounds, rounds))
+    return rounds, calls
+
+
+def measure(runner: Runner, device, budget_s: float, warm_calls: int = 1) -> dict:
+    """Median seconds per call and peak extra bytes, the way `miue bench` reports them."""
+    for _ in range(warm_calls):  # compile, caches, allocator pools
+        seconds_per_call(runner, device)
+    estimate = seconds_per_call(runner, device)
+    peak = peak_extra_bytes(runner, device)
+    rounds, calls = plan_rounds(estimate, budget_s, device, runner.setup is not None)
+    samples = [seconds_per_call(runner, device, calls) for _ in range(rounds)]
+    return {"median_s": statistics.median(samples), "rounds": rounds, "peak_extra_bytes": peak}
+
+
+# --------------------------------------------------------------------------- `miue bench`
+def cli_cases(device: torch.device, quick: bool):
+    """(op, mode, size) rows of the table: the loss at the issue's target size, and the update."""
+    if quick:
+        return [("mi_ue_loss", "fwd+bwd", (64, 32, 10)), ("pgd_update_", "", (64, *IMAGE_SHAPE))]
+    losses = [(512, 512, 10), (2048, 512, 10)] + ([(8192, 2048, 10)] if device.type == "cuda" else [])
+    updates = [(512, *IMAGE_SHAPE)] + ([(1 << 26,)] if device.type == "cuda" else [(50000, *IMAGE_SHAPE)])
+    return [("mi_ue_loss", "fwd+bwd", size) for size in losses] + [("pgd_update_", "", s) for s in updates]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no torch.compile: a smoke test in seconds")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile provider")
+    parser.add_argument("--budget", type=float, default=None, help="seconds of timing per row (default 1, quick 0.05)")
+
+
+def _row_label(op, mode, size):
+    if op == "pgd_update_":
+        return f"{op} n={math.prod(size):,}"
+    batch, dim, classes = size
+    return f"{op} {mode} B={batch} D={dim} C={classes}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from miue_ext.errors import InputError
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu, cuda or auto, not {args.device!r}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
+    skip = {"compiled"} if (args.quick or args.no_compile) else set()
+    print(f"miue bench: torch {torch.__version__}, device {_device_name(device)}, "
+          f"{torch.get_num_threads()} CPU threads, median of about {budget:g} s per row")
+    header = ["op / size", "provider", "median ms", "x eager", "x authors", "/ floor", "peak extra MB"]
+    rows = []
+    for op, mode, size in cli_cases(device, args.quick):
+        results = {}
+        if op == "pgd_update_":
+            providers = [p for p in PGD_PROVIDERS if p not in skip]
+            make = lambda p: pgd_runner(p, size, device)  # noqa: E731
+        else:
+            batch, dim, classes = size
+            features, labels = loss_inputs(batch, dim, classes, device)
+            providers = [p for p in LOSS_PROVIDERS if p not in skip
+                         and (p != "authors" or (authors_fits(batch, dim, device) and batch * batch * dim <= 1 << 27))]
+            make = lambda p: loss_runner(op, mode, p, features, labels)  # noqa: E731
+        for provider in providers:
+            results[provider] = measure(make(provider), device, budget)
+        for provider, result in results.items():
+            t = result["median_s"]
+            speedup = lambda base: f"{results[base]['median_s'] / t:.2f}" if base in results else "-"  # noqa: E731
+            over_floor = f"{t / results['floor']['median_s']:.2f}" if "floor" in results else "-"
+            rows.append([_row_label(op, mode, size), provider, f"{1e3 * t:.3f}", speedup("eager"),
+                         speedup("authors"), over_floor, f"{result['peak_extra_bytes'] / 2**20:.1f}"])
+    print(format_table(header, rows))
+    print("x eager / x authors: their median over this one's (higher is faster); / floor: this one's "
+          "median over the unavoidable matrix products (loss) or an equal-bytes copy (update).")
+    return 0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="miue bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
