@@ -35,7 +35,8 @@ struct LossView {
 };
 
 // Layout of the per-row statistics saved by the forward pass for the backward pass.
-enum RowStat : int64_t { kShift = 0, kSameSum = 1, kAllSum = 2, kDistSum = 3, kNumRowStats = 4 };
+// kDistSlope is dL/dS_i = zeta / (B (D + S_i)) with S_i = sum_{same class} |f_i - f_j|.
+enum RowStat : int64_t { kShift = 0, kSameSum = 1, kAllSum = 2, kDistSlope = 3, kNumRowStats = 4 };
 
 template <typename T>
 MIUE_HD bool is_finite(T v) {
@@ -100,8 +101,9 @@ MIUE_HD PairDistance<acc_t> pair_distance(const LossView<acc_t>& v, int64_t i, i
   const acc_t n_i = v.norms[i], n_j = v.norms[j];
   const acc_t nc_i = clamped_norm(n_i), nc_j = clamped_norm(n_j);
   const acc_t s = nc_i > nc_j ? nc_i : nc_j;
-  const acc_t a = n_i / s, b = n_j / s;
-  const acc_t q = (a - b) * (a - b) + acc_t(2) * (a * b - (nc_i / s) * (nc_j / s) * c_ij);
+  const acc_t inv_s = acc_t(1) / s;
+  const acc_t a = n_i * inv_s, b = n_j * inv_s;
+  const acc_t q = (a - b) * (a - b) + acc_t(2) * (a * b - (nc_i * inv_s) * (nc_j * inv_s) * c_ij);
   if (!(q >= acc_t(kRecomputeBelow))) return {exact_distance(v, i, j, s), true};
   return {s * sqrt_acc(q), false};
 }
@@ -117,6 +119,11 @@ MIUE_HD void forward_pair(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t 
     if (same) same_sum += e;
   }
   if (v.dist_weight != acc_t(0) && same && j != i) dist_sum += pair_distance(v, i, j, c_ij).r;
+}
+
+template <typename acc_t>
+MIUE_HD acc_t distance_slope(const LossView<acc_t>& v, acc_t dist_sum) {
+  return v.dist_weight / (acc_t(v.B) * (acc_t(v.D) + dist_sum));
 }
 
 // Row i's share of the loss, from its finished sums.
@@ -136,42 +143,51 @@ MIUE_HD acc_t finish_row_loss(const LossView<acc_t>& v, acc_t same_sum, acc_t al
 // For near-duplicate pairs W_ij (f_i - f_j) would cancel catastrophically inside M Z, so those
 // pairs add g W_ij (f_i - f_j) straight into row i of the output instead (`add_direct`).
 // Returns M_ij without g and adds the pair's share of the two row sums (w_sum holds nc_i W_ij).
+template <typename acc_t>
+MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
+                                       acc_t c_ij, acc_t& hc_sum) {
+  const bool same = v.labels[i] == v.labels[j];
+  const acc_t* si = stats + i * kNumRowStats;
+  const acc_t* sj = stats + j * kNumRowStats;
+  const acc_t s = c_ij * v.inv_t;
+  const acc_t e_i = std::exp(s - si[kShift]);
+  const acc_t e_j = sj[kShift] == si[kShift] ? e_i : std::exp(s - sj[kShift]);
+  const acc_t scale = -v.sim_weight * v.inv_t / acc_t(v.B);
+  const acc_t g_ij = scale * ((same ? e_i / si[kSameSum] : acc_t(0)) - e_i / si[kAllSum]);
+  const acc_t g_ji = scale * ((same ? e_j / sj[kSameSum] : acc_t(0)) - e_j / sj[kAllSum]);
+  const acc_t h = g_ij + g_ji;
+  hc_sum += h * c_ij;
+  return h / clamped_norm(v.norms[i]);
+}
+
+// For a same-class pair j != i.
+template <typename acc_t, typename AddDirect>
+MIUE_HD acc_t backward_pair_distance(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
+                                     acc_t c_ij, acc_t upstream, acc_t& w_sum, AddDirect add_direct) {
+  const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
+  if (d.r == acc_t(0)) return acc_t(0);  // |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN propagates
+  const acc_t w_i = stats[i * kNumRowStats + kDistSlope];
+  const acc_t w_j = stats[j * kNumRowStats + kDistSlope];
+  if (d.exact) {
+    const acc_t* fi = v.features + i * v.D;
+    const acc_t* fj = v.features + j * v.D;
+    const acc_t coef = upstream * (w_i + w_j);
+    for (int64_t k = 0; k < v.D; ++k) add_direct(k, coef * ((fi[k] - fj[k]) / d.r));
+    return acc_t(0);
+  }
+  // norm / r first: W_ij = (w_i + w_j) / r alone underflows for huge features
+  const acc_t inv_r = acc_t(1) / d.r;
+  w_sum += (w_i + w_j) * (clamped_norm(v.norms[i]) * inv_r);
+  return -(w_i + w_j) * (clamped_norm(v.norms[j]) * inv_r);
+}
+
 template <typename acc_t, typename AddDirect>
 MIUE_HD acc_t backward_pair(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
                             acc_t c_ij, acc_t upstream, acc_t& w_sum, acc_t& hc_sum, AddDirect add_direct) {
-  const bool same = v.labels[i] == v.labels[j];
-  const acc_t nc_i = clamped_norm(v.norms[i]);
   acc_t m_ij = 0;
-  if (v.sim_weight != acc_t(0)) {
-    const acc_t* si = stats + i * kNumRowStats;
-    const acc_t* sj = stats + j * kNumRowStats;
-    const acc_t s = c_ij * v.inv_t;
-    const acc_t e_i = std::exp(s - si[kShift]);
-    const acc_t e_j = sj[kShift] == si[kShift] ? e_i : std::exp(s - sj[kShift]);
-    const acc_t scale = -v.sim_weight * v.inv_t / acc_t(v.B);
-    const acc_t g_ij = scale * ((same ? e_i / si[kSameSum] : acc_t(0)) - e_i / si[kAllSum]);
-    const acc_t g_ji = scale * ((same ? e_j / sj[kSameSum] : acc_t(0)) - e_j / sj[kAllSum]);
-    const acc_t h = g_ij + g_ji;
-    hc_sum += h * c_ij;
-    m_ij += h / nc_i;
-  }
-  if (v.dist_weight != acc_t(0) && same && j != i) {
-    const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
-    if (d.r != acc_t(0)) {  // |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN still propagates
-      const acc_t w_i = v.dist_weight / (acc_t(v.B) * (acc_t(v.D) + stats[i * kNumRowStats + kDistSum]));
-      const acc_t w_j = v.dist_weight / (acc_t(v.B) * (acc_t(v.D) + stats[j * kNumRowStats + kDistSum]));
-      if (d.exact) {
-        const acc_t* fi = v.features + i * v.D;
-        const acc_t* fj = v.features + j * v.D;
-        const acc_t coef = upstream * (w_i + w_j);
-        for (int64_t k = 0; k < v.D; ++k) add_direct(k, coef * ((fi[k] - fj[k]) / d.r));
-      } else {
-        // ratios first: W_ij alone underflows for huge features
-        w_sum += (w_i + w_j) * (nc_i / d.r);
-        m_ij -= (w_i + w_j) * (clamped_norm(v.norms[j]) / d.r);
-      }
-    }
-  }
+  if (v.sim_weight != acc_t(0)) m_ij += backward_pair_similarity(v, stats, i, j, c_ij, hc_sum);
+  if (v.dist_weight != acc_t(0) && j != i && v.labels[i] == v.labels[j])
+    m_ij += backward_pair_distance(v, stats, i, j, c_ij, upstream, w_sum, add_direct);
   return m_ij;
 }
 

@@ -4,8 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../common/pair_math.h"
 #include "../mi_ue_loss.h"
+#include "fast_rows_f32.h"
 
 namespace miue {
 namespace {
@@ -21,6 +24,31 @@ LossView<acc_t> make_view(const at::Tensor& features, const at::Tensor& norms, c
 // Grain sizes: enough work per task to amortise the thread pool for small B.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
+// |f|^2 of a float row in double: cannot overflow, one vectorised pass.
+inline float row_norm(const float* row, int64_t cols) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < cols; ++k) sum += double(row[k]) * double(row[k]);
+  return float(std::sqrt(sum));
+}
+
+// A double row is scaled by its largest magnitude first so that huge features do not overflow.
+inline double row_norm(const double* row, int64_t cols) {
+  double biggest = 0;
+  for (int64_t k = 0; k < cols; ++k) {
+    const double a = abs_value(row[k]);
+    if (a > biggest || a != a) biggest = a;
+  }
+  double sum = 0;
+  if (biggest > 0 && is_finite(biggest)) {
+    for (int64_t k = 0; k < cols; ++k) {
+      const double s = row[k] / biggest;
+      sum += s * s;
+    }
+  }
+  return norm_from_scaled(biggest, sum);
+}
+
 void normalize_rows_cpu(const at::Tensor& features, at::Tensor& unit, at::Tensor& norms) {
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "normalize_rows_cpu", [&] {
     const scalar_t* f = features.data_ptr<scalar_t>();
@@ -30,36 +58,25 @@ void normalize_rows_cpu(const at::Tensor& features, at::Tensor& unit, at::Tensor
     at::parallel_for(0, features.size(0), row_grain(cols), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* row = f + i * cols;
-        // Scale by the largest magnitude first so that huge features do not overflow.
-        scalar_t biggest = 0;
-        for (int64_t k = 0; k < cols; ++k) {
-          const scalar_t a = abs_value(row[k]);
-          if (a > biggest || a != a) biggest = a;
-        }
-        scalar_t sum = 0;
-        if (biggest > 0 && is_finite(biggest)) {
-          for (int64_t k = 0; k < cols; ++k) {
-            const scalar_t s = row[k] / biggest;
-            sum += s * s;
-          }
-        }
-        const scalar_t norm = norm_from_scaled(biggest, sum);
-        n[i] = norm;
-        const scalar_t nc = clamped_norm(norm);
-        for (int64_t k = 0; k < cols; ++k) z[i * cols + k] = row[k] / nc;
+        n[i] = row_norm(row, cols);
+        const scalar_t nc = clamped_norm(n[i]);
+        scalar_t* out = z + i * cols;
+        for (int64_t k = 0; k < cols; ++k) out[k] = row[k] / nc;
       }
     });
   });
 }
 
-void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                      const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                      double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cpu", [&] {
+template <typename scalar_t>
+void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                        double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
     const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     const scalar_t* g = gram.data_ptr<scalar_t>();
     scalar_t* st = stats.data_ptr<scalar_t>();
     scalar_t* out = row_loss.data_ptr<scalar_t>();
+    constexpr bool kFast = std::is_same_v<scalar_t, float>;
+    const std::vector<int32_t> ids = kFast ? fast_f32::dense_label_ids(v.labels, v.B) : std::vector<int32_t>();
     at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = row0 + r;
@@ -67,29 +84,67 @@ void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const
         const scalar_t offset_i = scalar_t(kExpOffset) * std::exp(-m_i);
         scalar_t same_sum = 0, all_sum = 0, dist_sum = 0;
         const scalar_t* g_row = g + r * v.B;
-        for (int64_t j = 0; j < v.B; ++j) forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum);
+        if constexpr (kFast) {
+          if (v.sim_weight != 0) {
+            const auto sums = fast_f32::forward_row_exp_sums(g_row, ids.data(), v.B, ids[i], v.inv_t, m_i, offset_i);
+            same_sum = sums.same_sum;
+            all_sum = sums.all_sum;
+          }
+          if (v.dist_weight != 0) {
+            for (int64_t j = 0; j < v.B; ++j)
+              if (ids[j] == ids[i] && j != i) dist_sum += pair_distance(v, i, j, g_row[j]).r;
+          }
+        } else {
+          for (int64_t j = 0; j < v.B; ++j) forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum);
+        }
         scalar_t* s = st + i * kNumRowStats;
         s[kShift] = m_i;
         s[kSameSum] = same_sum;
         s[kAllSum] = all_sum;
-        s[kDistSum] = dist_sum;
+        s[kDistSlope] = distance_slope(v, dist_sum);
         out[i] = finish_row_loss(v, same_sum, all_sum, dist_sum);
       }
     });
+}
+
+void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                      const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                      double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cpu", [&] {
+    rows_forward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight,
+                                 stats, row_loss);
   });
 }
 
-void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                       double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
-                       at::Tensor& coeff, at::Tensor& direct) {
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
+fast_f32::ColumnTables column_tables(const LossView<float>& v, const float* stats) {
+  fast_f32::ColumnTables cols;
+  cols.ids = fast_f32::dense_label_ids(v.labels, v.B);
+  cols.shift.resize(v.B);
+  cols.inv_same.resize(v.B);
+  cols.inv_all.resize(v.B);
+  for (int64_t j = 0; j < v.B; ++j) {
+    cols.shift[j] = stats[j * kNumRowStats + kShift];
+    cols.inv_same[j] = 1.0f / stats[j * kNumRowStats + kSameSum];
+    cols.inv_all[j] = 1.0f / stats[j * kNumRowStats + kAllSum];
+  }
+  return cols;
+}
+
+template <typename scalar_t>
+void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                         const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                         double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
+                         at::Tensor& coeff, at::Tensor& direct) {
     const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     const scalar_t* g = gram.data_ptr<scalar_t>();
     const scalar_t* st = stats.data_ptr<scalar_t>();
     const scalar_t upstream = grad.data_ptr<scalar_t>()[0];
     scalar_t* m = coeff.data_ptr<scalar_t>();
     scalar_t* out = direct.data_ptr<scalar_t>();
+    constexpr bool kFast = std::is_same_v<scalar_t, float>;
+    fast_f32::ColumnTables cols;
+    if constexpr (kFast) cols = column_tables(v, st);
+    (void)cols;
     at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = row0 + r;
@@ -98,11 +153,35 @@ void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, cons
         scalar_t* m_row = m + r * v.B;
         scalar_t* out_row = out + r * v.D;  // only this task writes row r
         const auto add_direct = [out_row](int64_t k, scalar_t value) { out_row[k] += value; };
-        for (int64_t j = 0; j < v.B; ++j)
-          m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], upstream, w_sum, hc_sum, add_direct);
+        if constexpr (kFast) {
+          if (v.sim_weight != 0) {
+            const float scale = -v.sim_weight * v.inv_t / float(v.B);
+            hc_sum = fast_f32::backward_row_similarity(g_row, cols, v.B, i, v.inv_t, scale,
+                                                       upstream / clamped_norm(v.norms[i]), m_row);
+          } else {
+            std::fill(m_row, m_row + v.B, 0.0f);
+          }
+          if (v.dist_weight != 0) {
+            for (int64_t j = 0; j < v.B; ++j)
+              if (cols.ids[j] == cols.ids[i] && j != i)
+                m_row[j] += upstream * backward_pair_distance(v, st, i, j, g_row[j], upstream, w_sum, add_direct);
+          }
+        } else {
+          for (int64_t j = 0; j < v.B; ++j)
+            m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], upstream, w_sum, hc_sum, add_direct);
+        }
         m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
       }
     });
+}
+
+void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
+                       double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
+                       at::Tensor& coeff, at::Tensor& direct) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
+    rows_backward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight,
+                                  stats, grad, coeff, direct);
   });
 }
 

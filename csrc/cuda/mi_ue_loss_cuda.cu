@@ -58,7 +58,7 @@ __global__ void rows_forward_kernel(LossView<T> v, const T* gram, int64_t row0, 
     s[kShift] = m_i;
     s[kSameSum] = same_sum;
     s[kAllSum] = all_sum;
-    s[kDistSum] = dist_sum;
+    s[kDistSlope] = distance_slope(v, dist_sum);
     row_loss[i] = finish_row_loss(v, same_sum, all_sum, dist_sum);
   }
 }
