@@ -1,4 +1,7 @@
 """Bad inputs give a clear error naming the argument and what was expected."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -105,6 +108,26 @@ def test_indexed_bad_index():
 
 
 def test_missing_extension_message_says_how_to_build():
-    from miue_ext import _extension
+    # A fresh interpreter in which miue_ext._C cannot be imported (as before the first build).
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'miue_ext._C': raise ImportError('No module named miue_ext._C')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import miue_ext\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "miue_ext._C) are not built" in result.stderr
+    assert "pip install --no-build-isolation --no-deps -e ." in result.stderr
 
-    assert "pip install --no-build-isolation --no-deps -e ." in _extension.BUILD_HINT
+
+@pytest.mark.cuda
+def test_cuda_labels_on_cpu():
+    f = torch.randn(8, 4, device="cuda")
+    with pytest.raises(RuntimeError, match=r"labels must be on the same device as features \(cuda"):
+        ops.mi_ue_loss(f, torch.randint(0, 3, (8,)))
+    with pytest.raises(RuntimeError, match=r"x must be on the device of poison"):
+        ops.pgd_update_indexed_(torch.zeros(4, 3, device="cuda"), torch.arange(2, device="cuda"),
+                                torch.rand(2, 3), torch.rand(2, 3), 0.1, 0.1)
