@@ -95,3 +95,12 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     with atomic_write(target) as handle:
         handle.write(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_resume_after_em_stop_rule_does_not_continue(tmp_path):
+    first = gen(config(stop_accuracy=0.01, epochs=5), checkpoint_dir=tmp_path)
+    assert first.stopped_early and len(first.history) == 1
+    lines = []
+    again = gen(config(stop_accuracy=0.01, epochs=5), checkpoint_dir=tmp_path, resume=True, log=lines.append)
+    assert again.stopped_early and len(again.history) == 1 and len(lines) == 1  # only "resumed from"
+    assert torch.equal(again.delta, first.delta)

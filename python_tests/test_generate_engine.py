@@ -199,3 +199,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         run(tiny_config(epochs=3), model=NaNAfter(calls=7 + 3), checkpoint_dir=tmp_path)
     state = load_checkpoint(tmp_path)
     assert state["epoch"] == 1 and torch.isfinite(state["delta"]).all()
+
+
+def test_progress_bars_show_live_loss_and_accuracy(capsys):
+    run(tiny_config(epochs=1), progress=True)
+    err = capsys.readouterr().err
+    assert "epochs" in err and "train" in err and "acc=" in err and "perturb" in err and "loss=" in err

@@ -122,6 +122,7 @@ class _Run:
         self.progress = Progress(enabled=progress, total_epochs=config.epochs)
         self.history: list[dict] = []
         self.start_epoch, self.previous_seconds = 1, 0.0
+        self.stopped_early = False
 
     # --- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int, seconds: float) -> dict:
@@ -130,7 +131,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.capture_rng_state(), "delta": self.delta.cpu(), "history": self.history,
             "config": self.config.to_dict(), "fingerprint": self.fingerprint, "seconds": seconds,
-            "surrogate": self.model_name,
+            "surrogate": self.model_name, "stopped_early": self.stopped_early,
         }
 
     def _resume(self) -> None:
@@ -146,6 +147,9 @@ class _Run:
         ckpt.restore_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch, self.previous_seconds = state["epoch"] + 1, state["seconds"]
+        self.stopped_early = bool(state["stopped_early"])
+        if self.stopped_early:  # EM's stop rule had ended the run: nothing left to do
+            self.start_epoch = self.config.epochs + 1
         self.log(f"resumed from {ckpt.checkpoint_path(self.checkpoint_dir)} after epoch {state['epoch']}")
 
     # --- the loop ----------------------------------------------------------------------------
@@ -153,18 +157,17 @@ class _Run:
         if resume:
             self._resume()
         started = time.perf_counter()
-        stopped_early = False
         cfg = self.config
         for epoch in self.progress.epochs(self.start_epoch, cfg.epochs):
             record = self._epoch(epoch)
             self.history.append(record)
             self.log(_format_record(record, cfg.epochs))
-            stopped_early = record.get("stopped", False)
+            self.stopped_early = record.get("stopped", False)
             seconds = self.previous_seconds + time.perf_counter() - started
-            last = epoch == cfg.epochs or stopped_early
+            last = epoch == cfg.epochs or self.stopped_early
             if self.checkpoint_dir is not None and (epoch % cfg.checkpoint_every == 0 or last):
                 ckpt.save_checkpoint(self.checkpoint_dir, self._state(epoch, seconds))
-            if stopped_early:
+            if self.stopped_early:
                 break
         self.progress.close()
         self.delta.clamp_(-cfg.eps, cfg.eps)  # the final projection of the algorithm
@@ -174,7 +177,7 @@ class _Run:
             full = (x + full).clamp_(0, 1) - x
         return GenerationResult(
             delta=full.cpu(), history=self.history, device=str(self.device), surrogate=self.model_name,
-            seconds=self.previous_seconds + time.perf_counter() - started, stopped_early=stopped_early,
+            seconds=self.previous_seconds + time.perf_counter() - started, stopped_early=self.stopped_early,
         )
 
     def _epoch(self, epoch: int) -> dict:
@@ -206,7 +209,7 @@ class _Run:
                 return record
         self.surrogate.eval()
         perturb_tick = time.perf_counter()
-        bar = self.progress.stage("perturb", self.n)
+        bar = self.progress.stage("perturb", self.n, cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
         loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, order,
                            cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,

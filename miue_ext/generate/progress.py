@@ -11,8 +11,9 @@ REFRESH = 8
 
 
 class _StageBar:
-    def __init__(self, bar):
+    def __init__(self, bar, steps_per_batch: int = 1):
         self.bar, self.batches, self.seen = bar, 0, 0
+        self.steps_per_batch = steps_per_batch  # the perturbation loss is summed over K steps
 
     def _count(self, size: int) -> bool:
         self.batches += 1
@@ -27,7 +28,7 @@ class _StageBar:
 
     def perturb_update(self, loss_sum, size: int) -> None:
         if self._count(size):
-            self.bar.set_postfix(loss=f"{loss_sum.item() / self.batches:.4f}")
+            self.bar.set_postfix(loss=f"{loss_sum.item() / (self.batches * self.steps_per_batch):.4f}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -48,12 +49,13 @@ class Progress:
                           unit="epoch", file=sys.stderr, dynamic_ncols=True)
         return self.outer
 
-    def stage(self, name: str, total: int) -> _StageBar:
+    def stage(self, name: str, total: int, steps_per_batch: int = 1) -> _StageBar:
         if not self.enabled:
             return _StageBar(None)
         from tqdm import tqdm
 
-        return _StageBar(tqdm(total=total, desc=name, unit="img", leave=False, file=sys.stderr, dynamic_ncols=True))
+        return _StageBar(tqdm(total=total, desc=name, unit="img", leave=False, file=sys.stderr, dynamic_ncols=True),
+                         steps_per_batch)
 
     def close(self) -> None:
         if self.outer is not None:
