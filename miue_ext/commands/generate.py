@@ -26,50 +26,50 @@ GPU_DEFAULT_EPOCHS = 100
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data and output")
-    data.add_argument("--data", default="patches",
+    data.add_argument("--data", default="patches", metavar="SPEC",
                       help="patches (default) | digits | cifar10 | cifar100 | imagefolder:PATH | npz:PATH")
-    data.add_argument("--root", help="folder of the CIFAR files (cifar10/cifar100)")
+    data.add_argument("--root", metavar="DIR", help="folder of the CIFAR files (cifar10/cifar100)")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
-    data.add_argument("--max-samples", type=int, help="use only the first N training samples")
-    data.add_argument("--out", default="poison.npz", help="poison file to write (default: poison.npz)")
+    data.add_argument("--max-samples", type=int, metavar="N", help="use only the first N training samples")
+    data.add_argument("--out", default="poison.npz", metavar="FILE", help="poison file to write (default: poison.npz)")
 
     method = p.add_argument_group("method")
     method.add_argument("--method", choices=METHODS, default="miue",
                         help="miue (default) or em: error-minimizing noise (objective ce, 20 steps of 0.8/255, stop rule)")
     method.add_argument("--objective", choices=OBJECTIVES, help="mi (default for miue) | sim | cos | ce")
     method.add_argument("--mode", choices=MODES, help="samplewise (default) or classwise")
-    method.add_argument("--epochs", type=int, help=f"min-min epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
+    method.add_argument("--epochs", type=int, metavar="E", help=f"min-min epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
                                                    f"{CPU_DEFAULT_EPOCHS} on CPU)")
-    method.add_argument("--steps", type=int, help="perturbation steps K per batch and epoch (default 10)")
-    method.add_argument("--eps", type=float, help="L-inf budget in 1/255 units (default 8)")
-    method.add_argument("--alpha", help="step size in 1/255 units: A, or START:END for a linear schedule "
+    method.add_argument("--steps", type=int, metavar="K", help="perturbation steps K per batch and epoch (default 10)")
+    method.add_argument("--eps", type=float, metavar="PIXELS", help="L-inf budget in 1/255 units (default 8)")
+    method.add_argument("--alpha", metavar="A|START:END", help="step size in 1/255 units: A, or START:END for a linear schedule "
                                         "over the epochs (default 0.2:4/K)")
-    method.add_argument("--zeta", type=float, help="weight of L_dist (default 0.1)")
-    method.add_argument("--temperature", type=float, help="temperature of L_sim (default 0.1)")
+    method.add_argument("--zeta", type=float, metavar="Z", help="weight of L_dist (default 0.1)")
+    method.add_argument("--temperature", type=float, metavar="T", help="temperature of L_sim (default 0.1)")
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
-    method.add_argument("--stop-accuracy", type=float,
+    method.add_argument("--stop-accuracy", type=float, metavar="PERCENT",
                         help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
     method.add_argument("--no-stop-rule", action="store_true", help="em without its stop rule")
 
     surrogate = p.add_argument_group("surrogate training")
-    surrogate.add_argument("--model", default="auto", help="resnet18 | smallcnn (default: resnet18 on CUDA, smallcnn on CPU)")
-    surrogate.add_argument("--feature-layer", help="name of the layer whose output is the feature vector")
-    surrogate.add_argument("--batch-size", type=int, help="surrogate training batch (default 128)")
-    surrogate.add_argument("--poison-batch-size", type=int, help="perturbation batch (default 512)")
+    surrogate.add_argument("--model", default="auto", metavar="NAME", help="resnet18 | smallcnn (default: resnet18 on CUDA, smallcnn on CPU)")
+    surrogate.add_argument("--feature-layer", metavar="NAME", help="name of the layer whose output is the feature vector")
+    surrogate.add_argument("--batch-size", type=int, metavar="B", help="surrogate training batch (default 128)")
+    surrogate.add_argument("--poison-batch-size", type=int, metavar="B", help="perturbation batch (default 512)")
     surrogate.add_argument("--lr", type=float, help="surrogate SGD learning rate (default 0.1)")
     surrogate.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                            help="no random horizontal flip while training the surrogate")
 
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N")
+    run.add_argument("--device", default="auto", metavar="DEV", help="auto (default) | cpu | cuda | cuda:N")
     run.add_argument("--seed", type=int, help="random seed (default 0)")
     run.add_argument("--deterministic", action="store_true", default=None,
                      help="deterministic kernels: same seed and device give a bit-identical poison")
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate")
     run.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
-    run.add_argument("--checkpoint-dir", help="checkpoint folder (default: OUT.ckpt, removed after success)")
-    run.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1)")
+    run.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.ckpt, removed after success)")
+    run.add_argument("--checkpoint-every", type=int, metavar="N", help="epochs between checkpoints (default 1)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     run.add_argument("--keep-checkpoint", action="store_true", help="keep the default checkpoint folder")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
