@@ -46,6 +46,7 @@ log() {
 step() {
   local name=$1 logfile=$2 budget=$(( $3 * SLOWDOWN ))
   shift 3
+  local shown="$*"
   if declare -F "$1" >/dev/null; then
     set -- bash -c "$(declare -f "$1"); $*"
   fi
@@ -56,8 +57,8 @@ step() {
     FAILED+=("$name(skipped)")
     return
   fi
-  log "START $name (limit ${limit}s): $*"
-  echo "===== $name: $* =====" >>"$OUT/$logfile"
+  log "START $name (limit ${limit}s): $shown"
+  echo "===== $name: $shown =====" >>"$OUT/$logfile"
   timeout -s INT -k 15 "$limit" "$@" >>"$OUT/$logfile" 2>&1
   local rc=$?
   if (( rc == 0 )); then
@@ -111,7 +112,7 @@ loss.backward()
 delta = torch.zeros(8, 3, 4, 4, device=device)
 ops.pgd_update_(delta, torch.rand_like(delta), torch.randn_like(delta), 0.01, 0.03)
 assert torch.isfinite(loss) and torch.isfinite(features.grad).all() and delta.abs().max() > 0
-print("ok:", device, "loss", float(loss), "from", ops.__file__)
+print("ok:", device, "loss", float(loss.detach()), "from", ops.__file__)
 EOF
 }
 

@@ -7,6 +7,7 @@ Grids (pytest --bench-grid or MIUE_BENCH_GRID):
   quick    tiny sizes, every op and provider once: seconds, for CI (with --benchmark-disable)
   default  CPU: the issue's target size and a few around it, about 10 minutes on 2 cores;
            CUDA: the GPU sizes of the issue (gpu_check.sh), a few minutes on an H100
+           (test order: see priority(), so that a run stopped at a time limit keeps the targets)
   full     the issue's whole grid: B in {128, 512, 2048, 8192} x D in {128, 512, 2048} x
            C in {10, 100}, every provider wherever it fits (hours on a CPU)
 """
@@ -114,10 +115,12 @@ def loss_cases(grid: str, device: torch.device) -> list[LossCase]:
         add("mi_ue_loss", bench.MODES, sizes, everyone)
         for op in other_ops:
             add(op, ["fwd+bwd"], sizes, everyone)
-    elif device.type == "cuda":
+    elif device.type == "cuda":  # fwd+bwd over B x D; the single passes along B at D=512
         sizes = list(itertools.product(FULL_BATCHES, FULL_DIMS, (10,))) + [(512, 512, 100), (8192, 2048, 100)]
-        add("mi_ue_loss", bench.MODES, sizes, no_compile)
-        add("mi_ue_loss", bench.MODES, [TARGET_SIZE, MEMORY_SIZE], ["compiled"])
+        add("mi_ue_loss", ["fwd+bwd"], sizes, no_compile)
+        add("mi_ue_loss", ["fwd", "bwd"], [(b, 512, 10) for b in FULL_BATCHES] + [MEMORY_SIZE], no_compile)
+        add("mi_ue_loss", bench.MODES, [TARGET_SIZE], ["compiled"])
+        add("mi_ue_loss", ["fwd+bwd"], [MEMORY_SIZE], ["compiled"])
         for op in other_ops:
             add(op, ["fwd+bwd"], [TARGET_SIZE, MEMORY_SIZE], no_compile)
             add(op, ["fwd+bwd"], [TARGET_SIZE], ["compiled"])
@@ -225,3 +228,16 @@ def generation_step_runner(provider: str, batch: int, device: torch.device) -> b
         delta[order] = ref.pgd_update(rows, x, grad, bench.ALPHA, bench.EPS)
 
     return bench.Runner(authors_step)
+
+
+def priority(test_name: str, case) -> int:
+    """Run order: the ceilings, then what the issue's targets need, then the rest."""
+    if test_name in ("test_copy_bandwidth", "test_matmul_rate"):
+        return 0
+    if isinstance(case, LossCase) and case.op == "mi_ue_loss" and (case.batch, case.dim, case.classes) == TARGET_SIZE:
+        return 1
+    if isinstance(case, StepCase) or (isinstance(case, UpdateCase) and case.elements == 1 << 26):
+        return 2
+    if isinstance(case, LossCase) and (case.batch, case.dim, case.classes) == MEMORY_SIZE and case.provider == "fused":
+        return 3
+    return 4

@@ -79,7 +79,9 @@ def loss_table(records, limits) -> list[str]:
     lines = ["| op | mode | B | D | C | provider | median ms | x eager | x authors | x compiled | / floor "
              "| / model | peak extra MB | extra / features |", "|" + "---|" * 14]
     op_order = ("mi_ue_loss", "sim_loss", "dist_loss", "intra_class_cosine")
-    for key in sorted(groups, key=lambda k: (op_order.index(k[0]) if k[0] in op_order else 9, k[1], *k[2:])):
+    mode_order = ("fwd", "bwd", "fwd+bwd")
+    for key in sorted(groups, key=lambda k: (op_order.index(k[0]) if k[0] in op_order else 9,
+                                             mode_order.index(k[1]) if k[1] in mode_order else 9, *k[2:])):
         row = groups[key]
         for provider in sorted(row, key=_order):
             r, t = row[provider], row[provider]["median_s"]
@@ -192,7 +194,8 @@ def markdown(meta, records) -> str:
     device = meta.get("device", "cpu")
     out = [f"## Benchmarks: {meta.get('device_name', device)}", "",
            f"- date {meta.get('datetime', '?')}, commit {meta.get('commit', '?')}, torch {meta.get('torch', '?')}, "
-           f"{meta.get('threads', '?')} CPU threads, grid `{meta.get('grid', '?')}`",
+           f"{meta.get('threads', '?')} CPU threads (OMP_WAIT_POLICY {meta.get('omp_wait_policy', '?')}), "
+           f"grid `{meta.get('grid', '?')}`",
            f"- peak extra memory: {meta.get('memory_measured_with', '?')}"]
     if "load_average_at_start" in meta:
         load = [round(x, 1) for x in meta["load_average_at_start"][:1] + meta["load_average_at_end"][:1]]

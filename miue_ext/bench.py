@@ -160,9 +160,9 @@ class Runner:
 
 
 def loss_inputs(batch: int, dim: int, classes: int, device, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    features = torch.randn(batch, dim, generator=generator).to(device)
-    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
+    generator = torch.Generator(device).manual_seed(seed)  # drawn on the device: no host copy
+    features = torch.randn(batch, dim, generator=generator, device=device)
+    labels = torch.randint(0, classes, (batch,), generator=generator, device=device)
     return features, labels
 
 
@@ -222,10 +222,10 @@ def pgd_indexed_eager_(poison, index, x, grad):
 
 
 def pgd_inputs(shape, device, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=generator).to(device)
-    delta = ((torch.rand(shape, generator=generator) * 2 - 1) * EPS).to(device)
-    grad = torch.randn(shape, generator=generator).to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    x = torch.rand(shape, generator=generator, device=device)
+    delta = (torch.rand(shape, generator=generator, device=device) * 2 - 1) * EPS
+    grad = torch.randn(shape, generator=generator, device=device)
     return delta, x, grad
 
 
@@ -249,7 +249,7 @@ def pgd_indexed_runner(provider: str, pool_rows: int, batch: int, device) -> Run
 
     poison, _, _ = pgd_inputs((pool_rows, *IMAGE_SHAPE), device, seed=1)
     delta, x, grad = pgd_inputs((batch, *IMAGE_SHAPE), device, seed=2)
-    index = torch.randperm(pool_rows, generator=torch.Generator().manual_seed(3))[:batch].to(device)
+    index = torch.randperm(pool_rows, generator=torch.Generator(device).manual_seed(3), device=device)[:batch]
     if provider == "fused":  # check_index=False, as the engine calls it (the check syncs on CUDA)
         return Runner(lambda: ops.pgd_update_indexed_(poison, index, x, grad, ALPHA, EPS, check_index=False))
     update = {"eager": pgd_indexed_eager_, "compiled": compiled("pgd_update_indexed_", pgd_indexed_eager_)}[provider]
@@ -335,23 +335,32 @@ def seconds_per_call(runner: Runner, device, calls: int = 1) -> float:
     return total / calls
 
 
-def plan_rounds(estimate_s: float, budget_s: float, device, has_setup: bool, max_rounds: int = 50):
-    """(rounds, calls per round): about budget_s in all, at least 3 rounds unless one call is
-    already over budget; on CUDA, rounds of >= 2 ms so the synchronisation is noise."""
+def plan_rounds(estimate_s: float, budget_s: float, device, has_setup: bool, max_rounds: int = 50,
+                min_rounds: int = 1):
+    """(rounds, calls per round): about budget_s in all, at least 3 rounds unless one call takes
+    over max(budget, 0.5 s); on CUDA, rounds of >= 2 ms so the synchronisation is noise."""
     calls = 1
     if torch.device(device).type == "cuda" and not has_setup and estimate_s > 0:
         calls = max(1, min(1000, math.ceil(2e-3 / estimate_s)))
     per_round = max(estimate_s * calls, 1e-9)
-    rounds = int(budget_s / per_round)
-    rounds = max(1 if per_round > budget_s else 3, min(max_rounds, rounds))
-    return rounds, calls
+    fewest = max(min_rounds, 1 if per_round > max(budget_s, 0.5) else 3)
+    return max(fewest, min(max_rounds, int(budget_s / per_round))), calls
+
+
+def estimate_seconds(runner: Runner, device) -> float:
+    """Seconds per call, to size the rounds: the fastest of up to 3 calls (one if it is slow),
+    so that one call slowed down by another process does not shrink the rounds."""
+    estimate = seconds_per_call(runner, device)
+    for _ in range(2 if estimate < 0.1 else 0):
+        estimate = min(estimate, seconds_per_call(runner, device))
+    return estimate
 
 
 def measure(runner: Runner, device, budget_s: float, warm_calls: int = 1) -> dict:
     """Median seconds per call and peak extra bytes, the way `miue bench` reports them."""
     for _ in range(warm_calls):  # compile, caches, allocator pools
         seconds_per_call(runner, device)
-    estimate = seconds_per_call(runner, device)
+    estimate = estimate_seconds(runner, device)
     peak = peak_extra_bytes(runner, device)
     rounds, calls = plan_rounds(estimate, budget_s, device, runner.setup is not None)
     samples = [seconds_per_call(runner, device, calls) for _ in range(rounds)]
