@@ -88,9 +88,14 @@ def bench_settings(request) -> Settings:
 
 
 def _commit() -> str:
+    """Short hash of HEAD, with "+dirty" when the kernels or the package have uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              timeout=10).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "csrc", "miue_ext") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
