@@ -1,0 +1,97 @@
+"""Train a victim from scratch on a poisoned training set and measure its clean test accuracy.
+
+POISON is a poison file written by `miue generate`, `clean` (no perturbation) or `random`
+(uniform noise in [-eps, eps], the same budget as --eps). The clean test accuracy is
+measured after every epoch; the report gives the final and the peak value (lower = the
+poison protects the data better). Writes OUT/report.json, OUT/accuracy.png and OUT/victim.pt.
+
+examples:
+  miue evaluate --poison poison.npz
+  miue evaluate --poison clean --out eval_clean
+  miue evaluate --poison random --eps 8 --out eval_random
+  miue evaluate --poison poison.npz --defense jpeg:10 --out eval_jpeg
+  miue evaluate --poison poison.npz --defense at:4 --model resnet18 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from miue_ext.evaluate.defenses import DEFENSE_NAMES
+from miue_ext.evaluate.victims import DEFAULT_VICTIM, VICTIM_NAMES
+
+CPU_DEFAULT_EPOCHS = 30
+GPU_DEFAULT_EPOCHS = 60
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--poison", required=True, help="poison .npz | clean | random")
+    p.add_argument("--data", help="data set of the clean images (default: the one recorded in the poison "
+                                  "file, else patches): patches | digits | cifar10 | cifar100")
+    p.add_argument("--test-data", help="clean test set (default: the test split of --data; required for "
+                                       "npz:PATH and imagefolder:PATH data)")
+    p.add_argument("--root", help="folder of the CIFAR files")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
+    p.add_argument("--eps", type=float, default=8.0, help="budget of `random` in 1/255 units (default 8)")
+    p.add_argument("--model", default="auto", help=f"victim: {' | '.join(VICTIM_NAMES)} (default: "
+                   f"{DEFAULT_VICTIM['cpu']} on CPU, {DEFAULT_VICTIM['cuda']} on CUDA; never the default surrogate)")
+    p.add_argument("--defense", default="none", help=" | ".join(DEFENSE_NAMES) + " (default none)")
+    p.add_argument("--epochs", type=int, help=f"victim epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
+                                              f"{CPU_DEFAULT_EPOCHS} on CPU)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, cosine decay to 0 (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", help="report folder to create (default: report_<poison>_<defense>)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def default_out(poison: str, defense: str) -> str:
+    stem = Path(poison).stem if poison.endswith(".npz") else poison
+    return f"report_{stem}_{defense.replace(':', '')}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from miue_ext.errors import InputError
+    from miue_ext.evaluate.defenses import parse_defense
+    from miue_ext.evaluate.evaluation import evaluate_poison
+    from miue_ext.evaluate.report import check_new_folder, write_report
+    from miue_ext.evaluate.train import TrainConfig
+    from miue_ext.evaluate.training_sets import BASELINES, data_spec_for, load_data
+    from miue_ext.evaluate.victims import default_victim
+    from miue_ext.generate import resolve_device
+
+    out = args.out or default_out(args.poison, args.defense)
+    check_new_folder(out)  # fail now, not after the training
+    defense = parse_defense(args.defense).spec  # a typo fails before the data set loads
+    if args.poison not in BASELINES and not Path(args.poison).is_file():
+        raise InputError(f"--poison {args.poison}: no such file (or use clean | random)")
+    if not (math.isfinite(args.eps) and 0 < args.eps <= 255):
+        raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
+    device = resolve_device(args.device)
+    epochs = args.epochs if args.epochs is not None else (
+        GPU_DEFAULT_EPOCHS if device.type == "cuda" else CPU_DEFAULT_EPOCHS)
+    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         seed=args.seed)
+    data_spec = data_spec_for(args.poison, args.data)
+    train, test = load_data(data_spec, args.root, args.download, args.test_data)
+    model_name = default_victim(device.type) if args.model == "auto" else args.model
+    log = _logger(args.progress)
+    result = evaluate_poison(args.poison, train, test, data_spec, model_name, config, defense,
+                             random_eps=args.eps / 255, device=device, progress=args.progress, log=log)
+    write_report(out, result.report, result.model.state_dict())
+    report = result.report
+    log(f"{report['poison']['name']}: final clean test accuracy {100 * report['final_test_acc']:.2f}%, peak "
+        f"{100 * report['peak_test_acc']:.2f}% (epoch {report['peak_epoch']}), {report['wall_time_s']:.0f}s -> {out}/")
+    return 0
+
+
+def _logger(progress: bool):
+    if not progress:
+        return lambda line: print(line, flush=True)
+    from tqdm import tqdm
+
+    return lambda line: tqdm.write(line, file=sys.stdout)

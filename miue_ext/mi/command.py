@@ -1,0 +1,108 @@
+"""Mutual-information analysis: how much do a victim's features of clean images and of the
+images it was trained on (clean, noisy or poisoned) have in common?
+
+Each ROW is a report folder written by `miue evaluate` (its trained victim is reused), or a
+training set to train a victim on first: a poison .npz, `clean` or `random`. For each row it
+estimates the sliced mutual information I(g(X); g(X')) between the victim's features of every
+clean training image x and of its perturbed version x' (histogram, KSG k-NN and MINE
+estimators on the same random 1-D projections, in nats), and the intra-class cosine similarity
+and class-covariance log-det of both feature sets. Prints a table and writes JSON.
+
+examples:
+  miue mi eval_clean eval_random eval_em eval_miue --out mi.json
+  miue mi clean random poison.npz --epochs 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from miue_ext.mi.sliced import ESTIMATORS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rows", nargs="+", help="report folder | poison .npz | clean | random")
+    p.add_argument("--estimators", default=",".join(ESTIMATORS), help=f"comma list of {', '.join(ESTIMATORS)} "
+                                                                      "(default: all)")
+    p.add_argument("--projections", type=int, default=64, help="random projection pairs (default 64)")
+    p.add_argument("--samples", type=int, default=2000, help="image pairs for the MI estimators (default 2000)")
+    p.add_argument("--out", default="mi.json", help="JSON to write (default mi.json)")
+    p.add_argument("--seed", type=int, default=0, help="projections, subsample, and victims trained here")
+    train = p.add_argument_group("victims trained here (rows that are not report folders)")
+    train.add_argument("--data", help="data set (default: recorded in the poison file, else patches)")
+    train.add_argument("--test-data", help="clean test set (default: the test split of --data)")
+    train.add_argument("--root", help="folder of the CIFAR files")
+    train.add_argument("--eps", type=float, default=8.0, help="budget of `random` in 1/255 units (default 8)")
+    train.add_argument("--model", default="auto", help="victim architecture (default as `miue evaluate`)")
+    train.add_argument("--epochs", type=int, help="victim epochs (default as `miue evaluate`)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _estimators(text: str) -> tuple[str, ...]:
+    from miue_ext.errors import InputError
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ESTIMATORS]
+    if not names or unknown:
+        raise InputError(f"--estimators: unknown {', '.join(unknown) or '(empty)'}; "
+                         f"choose from {', '.join(ESTIMATORS)}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from miue_ext.atomic import atomic_write, check_writable
+    from miue_ext.errors import InputError
+    from miue_ext.mi.analysis import analyse
+    from miue_ext.mi.victim_rows import load_row
+
+    estimators = _estimators(args.estimators)
+    if args.projections < 2 or args.samples < 50:
+        raise InputError("--projections must be >= 2 and --samples >= 50")
+    try:
+        check_writable(args.out)
+    except OSError as err:
+        raise InputError(f"cannot write --out {args.out}: {err.strerror or err}") from None
+    log = print if not args.progress else _tqdm_log()
+    rows = [load_row(spec, args, log) for spec in args.rows]  # every row resolves (or fails) first
+    datasets = {row.data_spec for row in rows}
+    if len(datasets) > 1:
+        raise InputError(f"the rows come from different data sets ({', '.join(sorted(datasets))})")
+    results = []
+    for row in rows:
+        trained = row.train()  # trains a victim unless the row came from a report
+        log(f"estimating MI for {row.name} ({', '.join(estimators)}; {args.projections} projections)")
+        analysis = analyse(trained, row.training_set.clean_images, row.training_set.images,
+                           row.training_set.labels, estimators, args.projections, args.samples, args.seed)
+        results.append({"row": row.name, "source": row.source, "model": row.model_name,
+                        "final_test_acc": row.final_test_acc, "peak_test_acc": row.peak_test_acc, **analysis})
+    document = {"format": "miue-mi-table", "version": 1, "data": rows[0].data_spec, "estimators": list(estimators),
+                "pairing": "sample: features of x_n and of x_n + delta_n", "units": "nats", "rows": results}
+    with atomic_write(args.out) as handle:
+        handle.write((json.dumps(document, indent=2) + "\n").encode())
+    for line in format_table(results, estimators):
+        print(line)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def format_table(results: list[dict], estimators: tuple[str, ...]) -> list[str]:
+    short = {"histogram": "MI hist", "ksg": "MI KSG", "mine": "MI MINE"}
+    header = f"{'row':22s} {'test acc':>8s} " + " ".join(f"{short[e]:>8s}" for e in estimators)
+    header += f" {'cos clean':>9s} {'cos train':>9s} {'logdet clean':>12s} {'logdet train':>12s}"
+    lines = [header]
+    for r in results:
+        acc = "" if r["final_test_acc"] is None else f"{100 * r['final_test_acc']:.2f}%"
+        line = f"{r['row'][:22]:22s} {acc:>8s} " + " ".join(f"{r['mi'][e]['mean']:8.4f}" for e in estimators)
+        cos, logdet = r["intra_class_cosine"], r["class_covariance_logdet"]
+        line += f" {cos['clean']:9.4f} {cos['training']:9.4f} {logdet['clean']:12.1f} {logdet['training']:12.1f}"
+        lines.append(line)
+    return lines
+
+
+def _tqdm_log():
+    from tqdm import tqdm
+
+    return lambda line: tqdm.write(line, file=sys.stdout)
+
