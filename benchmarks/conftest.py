@@ -100,13 +100,24 @@ def _commit() -> str:
         return "unknown"
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Say in the JSON what was measured where (report.py prints it)."""
     settings = _settings(config)
     device = settings.device
     output_json["miue"] = {
         "grid": settings.grid, "device": device.type, "commit": _commit(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(), "load_average_at_start": config._miue_load_at_start,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "load_average_at_end": os.getloadavg(),

@@ -192,7 +192,10 @@ def targets(records, limits, device) -> list[str]:
 def markdown(meta, records) -> str:
     limits = ceilings(records)
     device = meta.get("device", "cpu")
-    out = [f"## Benchmarks: {meta.get('device_name', device)}", "",
+    name = meta.get("device_name", device)
+    if device == "cpu":
+        name = f"CPU {meta.get('cpu', '')} ({meta.get('cpu_count', '?')} CPUs)"
+    out = [f"## Benchmarks: {name}", "",
            f"- date {meta.get('datetime', '?')}, commit {meta.get('commit', '?')}, torch {meta.get('torch', '?')}, "
            f"{meta.get('threads', '?')} CPU threads (OMP_WAIT_POLICY {meta.get('omp_wait_policy', '?')}), "
            f"grid `{meta.get('grid', '?')}`",
