@@ -121,3 +121,31 @@ def test_report_turns_json_into_markdown_and_png(tmp_path):
     assert "eager / fused | >= 2 | 3.0" in text and "authors / fused | >= 300 | 400.0" in text
     assert "| 64 | fused_engine | 1.000 | 64.0 | 2.00 |" in text
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_cuda_targets(tmp_path):
+    """The CUDA targets: speed-ups at B=D=512, update bandwidth against the copy, generation step."""
+    loss = dict(kind="loss", op="mi_ue_loss", mode="fwd+bwd", B=512, D=512, C=10, features_bytes=2**20,
+                flops_floor=3 * 2 * 512**3, bytes_floor=2 * 2**20, peak_extra_bytes=2**20)
+    elements = 1 << 26
+    benchmarks = [
+        _entry(1e-4, provider="fused", **loss),
+        _entry(6e-4, provider="eager", **loss),
+        _entry(1.5e-4, provider="compiled", **loss),
+        _entry(0.4e-3, kind="update", op="pgd_update_", provider="fused", size=str(elements), elements=elements,
+               bytes_moved=16 * elements, peak_extra_bytes=0),
+        _entry(0.1e-3, kind="ceiling", op="copy", provider="torch", elements=1 << 26, bytes_moved=2 * 4 << 26,
+               peak_extra_bytes=0),
+        _entry(0.02, kind="ceiling", op="matmul", provider="torch", n=8192, flops=2 * 8192**3, peak_extra_bytes=0),
+        _entry(0.1, kind="generation_step", op="generation_step", provider="fused_engine", batch=512),
+        _entry(0.4, kind="generation_step", op="generation_step", provider="eager_authors", batch=512),
+    ]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"benchmarks": benchmarks, "miue": {"device": "cuda", "device_name": "H100"}}))
+    text = _load_report_module().markdown(*_load_report_module().load(path))
+    assert "## Benchmarks: H100" in text
+    assert "CUDA B=512 D=512 C=10 fwd+bwd: eager / fused | >= 5 | 6.0" in text
+    assert "compiled / fused | >= 2 | 1.5" in text and "| NO |" in text  # a missed target says so
+    assert "of copy bandwidth | >= 85% | 50%" in text  # 16 * 2^26 B in 0.4 ms against 2^29 B in 0.1 ms
+    assert "fused engine / eager fp32 loop | >= 3 | 4.00 | yes |" in text
+    assert "fused / floor" not in text  # the floor target is the CPU's
