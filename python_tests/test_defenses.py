@@ -9,6 +9,8 @@ from miue_ext.evaluate.augment import random_crop_flip
 from miue_ext.evaluate.defenses import filters, mixing, parse_defense
 from miue_ext.evaluate.defenses.adversarial import pgd_attack
 
+from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
+
 
 def smooth_images(n=4, size=32):
     """Smooth gradients (little high-frequency content), uint8 NHWC."""
@@ -66,6 +68,8 @@ def test_gaussian_blur_smooths_noise_and_keeps_flat_images():
     noisy = np.clip(128 + checkerboard_noise((1, 16, 16, 3), 40), 0, 255).astype(np.uint8)
     out = filters.gaussian_blur(noisy, 1.0)
     assert np.abs(out.astype(int) - 128).mean() < 0.25 * 40
+    with pytest.raises(InputError, match="too large"):
+        filters.gaussian_blur(flat[:, :4, :4], 2.0)  # radius 4 does not fit a 4x4 image
     kernel = filters.gaussian_kernel(1.0)
     assert kernel.sum() == pytest.approx(1.0) and len(kernel) == 5 and kernel.argmax() == 2
 

@@ -12,6 +12,7 @@ from miue_ext.evaluate.train import TrainConfig, train_victim
 from miue_ext.evaluate.training_sets import load_training_set, uniform_noise
 from miue_ext.evaluate.victims import VICTIM_NAMES, build_victim
 
+from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
 from evaluation_helpers import colour_classes, run_command, write_poison, write_tiny_data
 
 TINY = ["--model", "smallcnn", "--epochs", "2", "--batch-size", "16", "--no-progress"]

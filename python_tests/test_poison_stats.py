@@ -7,6 +7,7 @@ from PIL import Image
 
 from miue_ext.poison_stats import amplified, grid_image, per_image_norms, poison_statistics, psnr, ssim
 
+from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
 from evaluation_helpers import colour_classes, run_command, write_poison
 
 

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from miue_ext.errors import InputError
+
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's "L" mode uses
 
 
@@ -61,7 +63,7 @@ def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
     channels = images.shape[3]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     if radius >= min(images.shape[1:3]):  # reflect padding needs radius < size
-        raise ValueError(f"blur sigma {sigma} is too large for {images.shape[1]}x{images.shape[2]} images")
+        raise InputError(f"--defense blur:{sigma:g} is too large for {images.shape[1]}x{images.shape[2]} images")
     horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
     vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), horizontal, groups=channels)
