@@ -20,7 +20,7 @@ from pathlib import Path
 
 from miue_ext.generate.config import METHODS, MODES, OBJECTIVES
 
-CPU_DEFAULT_EPOCHS = 40  # ~13 s per epoch for `patches` on 2 idle CPU cores: about 9 minutes
+CPU_DEFAULT_EPOCHS = 20  # ~13 s per epoch for `patches` on 2 idle cores (~5 min); ~11 min measured on a busy machine
 GPU_DEFAULT_EPOCHS = 100
 
 
