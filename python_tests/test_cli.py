@@ -136,3 +136,21 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     a, b = load_poison(tmp_path / "killed.npz"), load_poison(tmp_path / "straight.npz")
     assert np.array_equal(a.images, b.images) and np.array_equal(a.perturbation, b.perturbation)
     assert a.meta["epochs_run"] == 8
+
+
+def _parsed_config(argv, device_type="cpu"):
+    from miue_ext.cli import build_parser
+    from miue_ext.commands.generate import build_config
+
+    return build_config(build_parser().parse_args(["generate", *argv]), device_type)
+
+
+def test_generate_defaults_and_pixel_units():
+    cpu, gpu = _parsed_config([]), _parsed_config([], "cuda")
+    assert (cpu.epochs, gpu.epochs) == (20, 100) and cpu.objective == "mi" and cpu.eps == 8 / 255
+    assert cpu.alpha_at(1) == pytest.approx(0.2 / 255) and cpu.alpha_at(20) == pytest.approx(0.4 / 255)
+    custom = _parsed_config(["--eps", "16", "--alpha", "0.5", "--steps", "4", "--epochs", "3", "--zeta", "0"])
+    assert custom.eps == 16 / 255 and custom.alpha_at(1) == custom.alpha_at(3) == pytest.approx(0.5 / 255)
+    assert (custom.steps, custom.zeta) == (4, 0.0)
+    em = _parsed_config(["--method", "em", "--no-stop-rule", "--alpha", "1:2"])
+    assert em.objective == "ce" and em.stop_accuracy is None and em.alpha_at(20) == pytest.approx(2 / 255)
