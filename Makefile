@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-quick build bench cmake-check clean
+.PHONY: demo test test-quick build bench bench-quick cmake-check clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,15 @@ test: build
 test-quick: build
 	$(PY) -m pytest python_tests -q -m "not slow"
 
+# The benchmark suite on this machine (about 6 minutes on 2 cores) and its report.
 bench: build
-	$(PY) -m pytest benchmarks -q
+	mkdir -p out
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest benchmarks -q -p no:cacheprovider --bench-threads 2 --benchmark-json out/bench_cpu.json
+	$(PY) benchmarks/report.py out/bench_cpu.json --markdown out/bench_cpu.md --png out/bench_cpu.png
+
+# Every benchmark once at tiny sizes, untimed: keeps the suite from rotting (CI).
+bench-quick: build
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --bench-grid quick --benchmark-disable
 
 # The CMake build of the same sources (C++ users, IDEs); CI builds it once so it does not rot.
 cmake-check: $(VENV)/.deps
