@@ -2,7 +2,7 @@
 (or anywhere else) that defines `add_arguments(parser)` and `run(args) -> int`; to add one,
 add a line to SUBCOMMANDS.
 
-Exit codes: 0 success, 1 the run failed (e.g. a non-finite loss), 2 bad input, 130 interrupted.
+Exit codes: 0 success, 1 the run failed (e.g. a non-finite loss, a lost rank), 2 bad input, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from miue_ext.errors import InputError, NonFiniteLossError
+    from miue_ext.errors import DistributedError, InputError, NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"miue {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, DistributedError) as err:
         print(f"miue {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

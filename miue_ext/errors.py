@@ -10,3 +10,7 @@ class InputError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The perturbation or training loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class DistributedError(RuntimeError):
+    """A multi-process run lost a rank (it died, hung past --dist-timeout, or never joined)."""

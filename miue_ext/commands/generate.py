@@ -9,6 +9,7 @@ examples:
   miue generate --data cifar10 --root ~/data --out cifar10_miue.npz --device cuda
   miue generate --method em --data npz:mine.npz --out mine_em.npz
   miue generate --resume            # continue an interrupted run from poison.npz.ckpt/
+  torchrun --nproc-per-node 4 -m miue_ext generate --data cifar10 --root ~/data   # 4 GPUs
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     run.add_argument("--keep-checkpoint", action="store_true", help="keep the default checkpoint folder")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    run.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="under torchrun: how long a rank waits for the others before the job fails (default 300)")
 
 
 def _alpha(text: str | None) -> tuple[float | None, float | None]:
@@ -113,42 +116,117 @@ def build_config(args: argparse.Namespace, device_type: str):
     return config
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_out(out: str) -> None:
     from miue_ext.atomic import check_writable
-    from miue_ext.datasets import ImageDataset, load_dataset
     from miue_ext.errors import InputError
-    from miue_ext.generate import generate, resolve_device
-    from miue_ext.generate.report import poison_meta, summary_lines
-    from miue_ext.poison_file import load_poison, quantize, save_poison
 
     try:  # fail now, not after hours of work
-        check_writable(args.out)
+        check_writable(out)
     except OSError as err:
-        raise InputError(f"cannot write --out {args.out}: {err.strerror or err}") from None
-    device = resolve_device(args.device)
-    config = build_config(args, device.type)
+        raise InputError(f"cannot write --out {out}: {err.strerror or err}") from None
+
+
+def _load_data(args: argparse.Namespace):
+    from miue_ext.datasets import ImageDataset, load_dataset
+    from miue_ext.errors import InputError
+
     dataset = load_dataset(args.data, "train", root=args.root, download=args.download)
     if args.max_samples is not None:
         if args.max_samples < 1:
             raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
         dataset = ImageDataset(dataset.images[: args.max_samples], dataset.labels[: args.max_samples],
                                name=dataset.name, num_classes=dataset.num_classes, class_names=dataset.class_names)
-    default_checkpoints = args.checkpoint_dir is None
-    checkpoint_dir = Path(args.checkpoint_dir or f"{args.out}.ckpt")
-    log = _logger(args.progress)
+    return dataset
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    return Path(args.checkpoint_dir or f"{args.out}.ckpt")
+
+
+def _announce(log, args, config, dataset, device, processes: str = "") -> None:
     log(f"generating {args.method} ({config.objective}, {config.mode}) for {dataset.name}: {len(dataset)} images, "
         f"{dataset.num_classes} classes, eps {config.eps * 255:g}/255, {config.epochs} epochs x {config.steps} steps, "
-        f"device {device}")
-    result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer, device=str(device),
-                      checkpoint_dir=checkpoint_dir, resume=args.resume, progress=args.progress, log=log)
+        f"device {device}{processes}")
+
+
+def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = None) -> None:
+    from miue_ext.generate.report import poison_meta, summary_lines
+    from miue_ext.poison_file import load_poison, quantize, save_poison
+
     poisoned, perturbation = quantize(dataset.images, result.delta.numpy(), config.eps)
     meta = poison_meta(args.method, config, result, dataset)
+    meta.update(extra_meta or {})
     save_poison(args.out, poisoned, dataset.labels, perturbation, meta)
     load_poison(args.out, clean_images=dataset.images)  # read back: budget and round trip
     for line in summary_lines(result, perturbation, args.out):
         log(line)
-    if default_checkpoints and not args.keep_checkpoint:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if args.checkpoint_dir is None and not args.keep_checkpoint:
+        shutil.rmtree(_checkpoint_dir(args), ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from miue_ext.generate.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        return _run_distributed(args)
+    from miue_ext.generate import generate, resolve_device
+
+    _check_out(args.out)
+    device = resolve_device(args.device)
+    config = build_config(args, device.type)
+    dataset = _load_data(args)
+    log = _logger(args.progress)
+    _announce(log, args, config, dataset, device)
+    result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer, device=str(device),
+                      checkpoint_dir=_checkpoint_dir(args), resume=args.resume, progress=args.progress, log=log)
+    _write_poison(args, config, dataset, result, log)
+    return 0
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """One rank of a torchrun group: all ranks compute, rank 0 alone logs and writes the file."""
+    import torch
+
+    from miue_ext.generate import distributed
+
+    ctx = distributed.init_from_environment(args.device, args.dist_timeout)
+    try:
+        return _run_rank(args, ctx)
+    except torch.distributed.DistError as err:  # another rank died, hung or never answered
+        raise distributed.collective_failure(err, ctx, args.dist_timeout) from None
+    finally:
+        distributed.shutdown()
+
+
+def _run_rank(args: argparse.Namespace, ctx) -> int:
+    from miue_ext.errors import InputError
+    from miue_ext.generate import distributed, generate
+
+    # Bad inputs are agreed on by all ranks, so every rank stops with the same message.
+    problem, signature, config, dataset = None, None, None, None
+    try:
+        if ctx.is_main:
+            _check_out(args.out)
+        if args.download:  # several ranks would write the same files at once
+            raise InputError("--download is not available under torchrun; download the data once without "
+                             "torchrun (e.g. miue generate --download --epochs 1), then launch the group")
+        config = build_config(args, ctx.device.type)
+        dataset = _load_data(args)
+        signature = {"data sha256": dataset.fingerprint(), "data shape": list(dataset.images.shape),
+                     "--model": args.model, "--feature-layer": args.feature_layer, "--resume": args.resume,
+                     "--checkpoint-dir": str(_checkpoint_dir(args)),
+                     **{f"setting {key}": value for key, value in config.to_dict().items()}}
+    except InputError as err:
+        problem = str(err)
+    distributed.agree(ctx, problem, signature)
+    log = _logger(args.progress) if ctx.is_main else (lambda line: None)
+    processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
+    _announce(log, args, config, dataset, ctx.device.type, processes)
+    result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
+                      checkpoint_dir=_checkpoint_dir(args), resume=args.resume,
+                      progress=args.progress and ctx.is_main, log=log, distributed=ctx)
+    if ctx.is_main:  # the other ranks are done: no collective follows the writing
+        _write_poison(args, config, dataset, result, log, {"world_size": ctx.world_size})
     return 0
 
 

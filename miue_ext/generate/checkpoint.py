@@ -61,6 +61,12 @@ def save_checkpoint(directory: str | Path, state: dict) -> Path:
 def load_checkpoint(directory: str | Path) -> dict:
     path = checkpoint_path(directory)
     if not path.is_file():
+        from miue_ext.generate.sharded_checkpoint import manifest_world_size
+
+        saved_world = manifest_world_size(directory)
+        if saved_world is not None:  # written by a torchrun group
+            raise InputError(f"--resume: the checkpoint in {directory} was written by {saved_world} processes, this run "
+                             f"has world size 1; resume it with torchrun giving world size {saved_world}")
         raise InputError(f"--resume: no checkpoint at {path}")
     try:
         # weights_only: a checkpoint is data; never execute code from it.

@@ -78,17 +78,24 @@ class _DeterministicMode:
 def generate(dataset: ImageDataset, config: GenerationConfig, *, model: nn.Module | None = None,
              model_name: str = "auto", feature_layer: str | None = None, device: str = "auto",
              checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
-             log: Callable[[str], None] = print) -> GenerationResult:
-    """Compute MI-UE (or EM) perturbations for `dataset`; see the module docstring."""
+             log: Callable[[str], None] = print, distributed=None) -> GenerationResult:
+    """Compute MI-UE (or EM) perturbations for `dataset`; see the module docstring.
+
+    `distributed`: a `distributed.DistributedContext` when this process is one rank of a
+    torchrun group (then `device` is ignored for the context's); None for a single process.
+    """
     config.validate()
-    dev = resolve_device(device)
+    dev = distributed.device if distributed is not None else resolve_device(device)
     with _DeterministicMode(config.deterministic):
-        return _Run(dataset, config, model, model_name, feature_layer, dev, checkpoint_dir, progress, log).run(resume)
+        return _Run(dataset, config, model, model_name, feature_layer, dev, checkpoint_dir, progress, log,
+                    distributed).run(resume)
 
 
 class _Run:
-    def __init__(self, dataset, config, model, model_name, feature_layer, device, checkpoint_dir, progress, log):
+    def __init__(self, dataset, config, model, model_name, feature_layer, device, checkpoint_dir, progress, log,
+                 dist_context=None):
         self.config, self.device, self.log = config, device, log
+        self.dist = dist_context  # None: a single process, and nothing below touches torch.distributed
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.fingerprint = dataset.fingerprint()
         self.n = len(dataset)
@@ -103,6 +110,10 @@ class _Run:
         if config.channels_last:
             self.surrogate = self.surrogate.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.surrogate) if config.compile else self.surrogate
+        self.train_forward = self.forward  # the perturbation stage never goes through DDP
+        if self.dist is not None:
+            ddp = _distributed().wrap_for_training(self.surrogate, self.dist)
+            self.train_forward = torch.compile(ddp) if config.compile else ddp
         self.images = torch.from_numpy(dataset.images).to(device)  # uint8, resident on the device
         self.labels = torch.from_numpy(dataset.labels).to(device)
         rows = dataset.num_classes if config.mode == "classwise" else self.n
@@ -137,7 +148,13 @@ class _Run:
     def _resume(self) -> None:
         if self.checkpoint_dir is None:
             raise InputError("--resume needs --checkpoint-dir")
-        state = ckpt.load_checkpoint(self.checkpoint_dir)
+        if self.dist is not None:
+            from miue_ext.generate import sharded_checkpoint
+
+            state = sharded_checkpoint.load(self.checkpoint_dir, self.dist)
+            where = sharded_checkpoint.path_for_log(self.checkpoint_dir)
+        else:
+            state, where = ckpt.load_checkpoint(self.checkpoint_dir), ckpt.checkpoint_path(self.checkpoint_dir)
         ckpt.check_compatible(state["config"], self.config.to_dict(), state["fingerprint"], self.fingerprint,
                               ignore=GenerationConfig.RESUMABLE_CHANGES)
         self.surrogate.model.load_state_dict(state["model"])
@@ -150,7 +167,15 @@ class _Run:
         self.stopped_early = bool(state["stopped_early"])
         if self.stopped_early:  # EM's stop rule had ended the run: nothing left to do
             self.start_epoch = self.config.epochs + 1
-        self.log(f"resumed from {ckpt.checkpoint_path(self.checkpoint_dir)} after epoch {state['epoch']}")
+        self.log(f"resumed from {where} after epoch {state['epoch']}")
+
+    def _save_checkpoint(self, state: dict) -> None:
+        if self.dist is None:
+            ckpt.save_checkpoint(self.checkpoint_dir, state)
+        else:  # one shard per rank plus a manifest
+            from miue_ext.generate import sharded_checkpoint
+
+            sharded_checkpoint.save(self.checkpoint_dir, state, self.dist)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool) -> GenerationResult:
@@ -166,7 +191,7 @@ class _Run:
             seconds = self.previous_seconds + time.perf_counter() - started
             last = epoch == cfg.epochs or self.stopped_early
             if self.checkpoint_dir is not None and (epoch % cfg.checkpoint_every == 0 or last):
-                ckpt.save_checkpoint(self.checkpoint_dir, self._state(epoch, seconds))
+                self._save_checkpoint(self._state(epoch, seconds))
             if self.stopped_early:
                 break
         self.progress.close()
@@ -188,13 +213,21 @@ class _Run:
         shuffle = _epoch_generator(cfg.seed, epoch, 1)
         order = torch.randperm(self.n, generator=shuffle).to(dev)
         flips = (torch.rand(self.n, generator=shuffle) < 0.5).to(dev) if cfg.flip else None
+        train_order, train_batch, trained = order, cfg.batch_size, self.n
+        if self.dist is not None:  # this rank's slice of every global batch
+            dist = _distributed()
+            train_order, train_batch = dist.training_shard(order, cfg.batch_size, self.dist)
+            trained = dist.training_samples(self.n, self.dist.world_size)
         self.surrogate.requires_grad_(True)
-        bar = self.progress.stage("train", self.n)
+        bar = self.progress.stage("train", train_order.numel())
         loss_sum, correct = steps.train_epoch(
-            self.forward, self.optimizer, self.images, self.labels, self.delta, classwise, order, flips,
-            cfg.batch_size, self.amp, cfg.channels_last, bar.train_update)
+            self.train_forward, self.optimizer, self.images, self.labels, self.delta, classwise, train_order, flips,
+            train_batch, self.amp, cfg.channels_last, bar.train_update)
         bar.close()
-        train_loss, train_acc = loss_sum.item() / self.n, correct.item() / self.n
+        if self.dist is not None:  # the same statistics, the same surrogate on every rank
+            loss_sum, correct = _distributed().sum_across_ranks(loss_sum, correct)
+            _distributed().broadcast_buffers(self.surrogate)
+        train_loss, train_acc = loss_sum.item() / trained, correct.item() / trained
         if not torch.isfinite(loss_sum):
             self._non_finite(epoch, "surrogate training loss")
         record = {"epoch": epoch, "alpha": alpha, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
@@ -203,19 +236,28 @@ class _Run:
         if cfg.stop_accuracy is not None:
             acc = steps.poisoned_accuracy(self.forward, self.images, self.labels, self.delta, classwise,
                                           cfg.poison_batch_size, self.amp, cfg.channels_last).item()
+            if self.dist is not None:  # rank 0 decides, so no rank stops alone
+                acc = _distributed().broadcast_from_main(self.dist, acc)
             record["poisoned_acc"] = acc
             if acc > cfg.stop_accuracy:
                 record.update(stopped=True, seconds=time.perf_counter() - tick)
                 return record
         self.surrogate.eval()
         perturb_tick = time.perf_counter()
-        bar = self.progress.stage("perturb", self.n, cfg.steps)
+        poison_order, poison_batches = order, -(-self.n // cfg.poison_batch_size)
+        if self.dist is not None and not classwise:  # each rank perturbs only its own samples
+            dist = _distributed()
+            poison_order = dist.perturbation_shard(order, self.dist.rank, self.dist.world_size)
+            poison_batches = dist.perturbation_batches(order, self.dist.world_size, cfg.poison_batch_size)
+        bar = self.progress.stage("perturb", poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
-        loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, order,
+        loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, poison_order,
                            cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
                            bar.perturb_update)
         bar.close()
-        poison_loss = loss_sum.item() / (cfg.steps * -(-self.n // cfg.poison_batch_size))  # host sync
+        if self.dist is not None:
+            loss_sum = self._share_perturbation(order, loss_sum)
+        poison_loss = loss_sum.item() / (cfg.steps * poison_batches)  # host sync
         perturb_seconds = time.perf_counter() - perturb_tick
         if not (torch.isfinite(loss_sum) and torch.isfinite(self.delta).all()):
             self._non_finite(epoch, f"{cfg.objective} perturbation loss")
@@ -223,11 +265,31 @@ class _Run:
                       seconds=time.perf_counter() - tick)
         return record
 
+    def _share_perturbation(self, order: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
+        """After the perturbation stage: every rank gets everyone's delta rows; the summed loss."""
+        dist = _distributed()
+        if self.config.mode == "classwise":
+            # One shared delta per class cannot be split by sample: every rank ran the whole
+            # stage (the same work); rank 0's result is kept so that the ranks cannot drift.
+            dist.broadcast_tensor(self.delta)
+            return dist.broadcast_from_main(self.dist, loss_sum.cpu()).to(loss_sum.device)
+        world = self.dist.world_size
+        owners = [dist.perturbation_shard(order, rank, world) for rank in range(world)]
+        dist.share_rows(self.delta, owners, self.dist)
+        return dist.sum_across_ranks(loss_sum)[0]
+
     def _non_finite(self, epoch: int, what: str):
         self.progress.close()
         where = (f"the last good checkpoint in {self.checkpoint_dir} is kept"
                  if self.checkpoint_dir is not None else "no checkpoint was requested")
         raise NonFiniteLossError(f"non-finite {what} in epoch {epoch}; stopped ({where})")
+
+
+def _distributed():
+    # Imported on first use: a single-process run never loads the multi-process code.
+    from miue_ext.generate import distributed
+
+    return distributed
 
 
 def _format_record(record: dict, epochs: int) -> str:
