@@ -185,15 +185,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_distributed(args: argparse.Namespace) -> int:
     """One rank of a torchrun group: all ranks compute, rank 0 alone logs and writes the file."""
-    import torch
-
     from miue_ext.generate import distributed
 
     ctx = distributed.init_from_environment(args.device, args.dist_timeout)
     try:
         return _run_rank(args, ctx)
-    except torch.distributed.DistError as err:  # another rank died, hung or never answered
-        raise distributed.collective_failure(err, ctx, args.dist_timeout) from None
+    except RuntimeError as err:
+        if distributed.is_collective_failure(err):  # another rank died, hung or never answered
+            raise distributed.collective_failure(err, ctx, args.dist_timeout) from None
+        raise
     finally:
         distributed.shutdown()
 

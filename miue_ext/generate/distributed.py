@@ -95,6 +95,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def is_collective_failure(err: BaseException) -> bool:
+    """Did a collective fail? NCCL raises DistError types; gloo a plain RuntimeError (also out of
+    DDP's backward) whose message names gloo, e.g. "Connection closed by peer" or "Timed out"."""
+    if isinstance(err, (DistributedError, InputError)):
+        return False
+    return isinstance(err, dist.DistError) or "gloo" in str(err).lower() or "nccl" in str(err).lower()
+
+
 def collective_failure(err: Exception, ctx: DistributedContext, timeout_s: float) -> DistributedError:
     """The one-line error for a collective that failed: another rank died, hung or diverged."""
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
