@@ -3,7 +3,8 @@
 Two ways to start the group: `torchrun --standalone` (what users run) for the end-to-end
 checks, and plain subprocesses with RANK/WORLD_SIZE/MASTER_* set for the fault scenarios of
 distributed_worker.py, where no launcher agent may kill the survivors for us.
-Every process runs one thread: the CI machine may have two cores.
+Every process runs one thread: the CI machine may have two cores. The tests that start
+processes are marked slow (10-35 s each on 2 busy cores); `make test` runs them.
 """
 import json
 import os
@@ -139,6 +140,7 @@ def two_process_run(tmp_path_factory):
     return folder, done, seconds
 
 
+@pytest.mark.slow
 def test_one_poison_file_written_by_rank_0_within_budget(two_process_run):
     folder, done, _ = two_process_run
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt", "poison.npz", "single.npz", "single_ckpt"]
@@ -150,6 +152,7 @@ def test_one_poison_file_written_by_rank_0_within_budget(two_process_run):
     assert meta["world_size"] == 2 and meta["epochs_run"] == 3
 
 
+@pytest.mark.slow
 def test_poison_quality_matches_single_process(two_process_run):
     """Same settings, 1 vs 2 processes: the objective and the perturbation sizes agree.
 
@@ -175,6 +178,7 @@ def test_poison_quality_matches_single_process(two_process_run):
     assert (two.perturbation != 0).mean() == pytest.approx((one.perturbation != 0).mean(), abs=0.05)
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_and_resume_with_other_world_size(two_process_run, capsys):
     folder, _, _ = two_process_run
     manifest = json.loads((folder / "ckpt" / "manifest.json").read_text())
@@ -191,6 +195,7 @@ def test_sharded_checkpoint_and_resume_with_other_world_size(two_process_run, ca
     assert not (folder / "again.npz").exists()
 
 
+@pytest.mark.slow
 def test_every_sample_perturbed_once_per_step(tmp_path):
     args = [*TINY, "--out", "poison.npz"]
     results, _ = launch_group([worker("record", tmp_path, args)] * 2, cwd=tmp_path)
@@ -203,6 +208,7 @@ def test_every_sample_perturbed_once_per_step(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["poison.npz", "updates-rank0.pt", "updates-rank1.pt"]
 
 
+@pytest.mark.slow
 def test_resume_with_same_world_size_equals_uninterrupted_run(tmp_path, two_process_run):
     args = [*TINY, "--checkpoint-dir", "ckpt"]
     results, _ = launch_group([worker("crash3", tmp_path, [*args, "--out", "resumed.npz"])] * 2, cwd=tmp_path)
@@ -216,6 +222,7 @@ def test_resume_with_same_world_size_equals_uninterrupted_run(tmp_path, two_proc
     assert [r["epoch"] for r in a.meta["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_ranks_with_different_data_all_stop_with_one_line(tmp_path):
     rank0 = ["-m", "miue_ext", "generate", *TINY, "--out", "poison.npz"]
     rank1 = [*rank0, "--max-samples", "150"]  # argparse: the last one wins
@@ -227,6 +234,7 @@ def test_ranks_with_different_data_all_stop_with_one_line(tmp_path):
     assert not (tmp_path / "poison.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["die", "hang"])
 def test_lost_rank_ends_the_job_with_a_clear_error(tmp_path, fault):
     args = [*TINY, "--out", "poison.npz", "--dist-timeout", "5"]
