@@ -13,6 +13,11 @@ import sys
 SUBCOMMANDS = {  # name -> (module, one-line help)
     "generate": ("miue_ext.commands.generate", "compute MI-UE (or EM) perturbations and write a poison file"),
     "export": ("miue_ext.commands.export", "write a poison file as PNGs + labels.csv + EM-style perturbation.pt"),
+    "evaluate": ("miue_ext.evaluate.command", "train a victim on a poisoned set and report clean test accuracy"),
+    "plot": ("miue_ext.evaluate.plot_command", "draw the accuracy curves of several evaluation reports on one plot"),
+    "stats": ("miue_ext.poison_stats", "perturbation norms, PSNR, SSIM and an image grid of a poison file"),
+    "mi": ("miue_ext.mi.command", "estimate the mutual information between clean and poisoned features"),
+    "bench": ("miue_ext.bench", "time the fused ops against eager PyTorch on this machine"),
 }
 
 
