@@ -13,6 +13,8 @@ from miue_ext.cli import main
 from miue_ext.datasets import load_dataset
 from miue_ext.poison_file import load_poison
 
+from generate_helpers import SINGLE_THREAD_ENV, single_threaded  # noqa: F401  (autouse fixture)
+
 TINY = ["--max-samples", "48", "--epochs", "2", "--steps", "2", "--batch-size", "16",
         "--poison-batch-size", "24", "--no-progress", "--device", "cpu"]
 
@@ -117,8 +119,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
               "--poison-batch-size", "48", "--device", "cpu", "--deterministic", "--no-progress",
               "--checkpoint-every", "1", "--seed", "7"]
     ckpt_dir = tmp_path / "ckpt"
+    env = {**os.environ, **SINGLE_THREAD_ENV}
     killed = subprocess.Popen(_cli(*common, "--out", str(tmp_path / "killed.npz"), "--checkpoint-dir", str(ckpt_dir)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     while not (ckpt_dir / "checkpoint.pt").exists():  # wait for the first checkpoint
         assert killed.poll() is None, killed.stdout.read()
@@ -129,7 +132,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert not (tmp_path / "killed.npz").exists()
 
     resumed = subprocess.run(_cli(*common, "--out", str(tmp_path / "killed.npz"), "--checkpoint-dir",
-                                  str(ckpt_dir), "--resume"), capture_output=True, text=True, timeout=300)
+                                  str(ckpt_dir), "--resume"), capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "epoch 8/8" in resumed.stdout
     assert main([*_cli(*common)[3:], "--out", str(tmp_path / "straight.npz")]) == 0

@@ -7,6 +7,8 @@ from miue_ext.datasets import ImageDataset, load_dataset
 from miue_ext.datasets import patches
 from miue_ext.errors import InputError
 
+from generate_helpers import single_threaded  # noqa: F401  (autouse fixture)
+
 
 def test_patches_shapes_classes_and_balance():
     train, test = load_dataset("patches", "train"), load_dataset("patches", "test")

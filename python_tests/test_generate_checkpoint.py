@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from miue_ext.atomic import atomic_write
-from miue_ext.datasets import ImageDataset, load_dataset
 from miue_ext.errors import InputError
 from miue_ext.generate import GenerationConfig, generate
 from miue_ext.generate.checkpoint import load_checkpoint
 
+from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+
 
 def tiny_data(n=40, offset=0):
-    full = load_dataset("patches")
-    return ImageDataset(full.images[offset : offset + n], full.labels[offset : offset + n], name="tiny", num_classes=8)
+    return tiny_patches(n, offset)
 
 
 def config(**overrides):

@@ -8,20 +8,20 @@ from torch import nn
 
 import miue_ext.ops as ops
 import miue_ext.reference as reference
-from miue_ext.datasets import ImageDataset, load_dataset
 from miue_ext.errors import InputError, NonFiniteLossError
 from miue_ext.generate import GenerationConfig, generate
 from miue_ext.generate import steps
 from miue_ext.generate.objectives import make_objective
 from miue_ext.models import FeatureSurrogate, SmallCNN, build_model
 
+from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+
 EPS = 8 / 255
 NO_AMP = contextlib.nullcontext  # the engine takes a factory of autocast contexts
 
 
 def tiny_data(n=48):
-    full = load_dataset("patches")
-    return ImageDataset(full.images[:n], full.labels[:n], name="tiny", num_classes=8)
+    return tiny_patches(n)
 
 
 def tiny_config(**overrides):

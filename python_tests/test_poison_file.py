@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from miue_ext.errors import InputError
+
+from generate_helpers import single_threaded  # noqa: F401  (autouse fixture)
 from miue_ext.poison_file import PoisonFile, export_poison, load_poison, quantize, save_poison
 
 

@@ -1,0 +1,26 @@
+"""Shared by the generation, data, poison-file and CLI tests."""
+import pytest
+import torch
+
+from miue_ext.datasets import ImageDataset, load_dataset
+
+# For subprocesses: the same single intra-op thread as the in-process tests (so that CPU
+# results are bit-comparable, and no OpenMP spin-waiting on a busy machine).
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tiny_patches(n: int, offset: int = 0) -> ImageDataset:
+    """The first n samples of `patches` (its order is interleaved: every class is present)."""
+    full = load_dataset("patches")
+    return ImageDataset(full.images[offset : offset + n], full.labels[offset : offset + n], name="tiny",
+                        num_classes=full.num_classes)
+
+
+@pytest.fixture(autouse=True)
+def single_threaded():
+    """One intra-op thread per test (restored afterwards): the models are tiny, and on a busy
+    2-core machine OpenMP threads spin-waiting for each other made these tests ~7x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
