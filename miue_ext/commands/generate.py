@@ -2,7 +2,8 @@
 
 --eps and --alpha are in pixel units of 1/255 (--eps 8 means 8/255), as in the authors'
 command line. With no arguments: the embedded `patches` data set, MI-UE, eps 8/255, written
-to poison.npz (about ten minutes on two CPU cores; a GPU uses ResNet-18 and 100 epochs).
+to poison.npz (20 epochs of the small CNN on a CPU: about five minutes on two idle cores;
+longer when other jobs share them. A GPU uses ResNet-18 and 100 epochs).
 
 examples:
   miue generate
