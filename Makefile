@@ -27,6 +27,8 @@ build: $(VENV)/.built
 demo: build
 	mkdir -p out
 	$(VENV)/bin/miue generate --out out/poison.npz
+	$(VENV)/bin/miue stats out/poison.npz --json out/poison_stats.json --grid out/poison_grid.png
+	rm -rf out/poison_png && $(VENV)/bin/miue export out/poison.npz out/poison_png
 
 test: build
 	$(PY) -m pytest python_tests -q
