@@ -116,11 +116,29 @@ print("ok:", device, "loss", float(loss.detach()), "from", ops.__file__)
 EOF
 }
 
+determinism() {  # --deterministic: the same seed on the same device gives a bit-identical poison
+  local scratch
+  scratch=$(mktemp -d)
+  for run in a b; do
+    "$PYTHON" -m miue_ext generate --device "$DEVICE" --max-samples 1024 --epochs 2 --deterministic \
+      --no-progress --out "$scratch/$run.npz" || return 1
+  done
+  "$PYTHON" - "$scratch/a.npz" "$scratch/b.npz" <<'EOF'
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+same = all(np.array_equal(a[k], b[k]) for k in ("images", "labels", "perturbation"))
+print("bit-identical poison:", same, "| L-inf", int(np.abs(a["perturbation"]).max()))
+sys.exit(0 if same else 1)
+EOF
+}
+
 log "gpu_check: device=$DEVICE build=$BUILD grid=$GRID deadline=${DEADLINE}s out=$OUT python=$PYTHON"
 step environment env.txt 60 environment
 step build build.log 240 build
 step smoke build.log 60 smoke
 step tests tests.log 150 "$PYTHON" -m pytest python_tests -m "not slow" -q -p no:cacheprovider -rfE
+step determinism tests.log 90 determinism
 JSON="$OUT/bench_$DEVICE.json"
 step suite bench.log 400 "$PYTHON" -m pytest benchmarks -p no:cacheprovider -q -rfE \
   --bench-device "$DEVICE" --bench-grid "$GRID" --benchmark-json "$JSON" \
