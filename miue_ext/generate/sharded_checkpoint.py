@@ -71,9 +71,12 @@ def save(directory: str | Path, state: dict, ctx: DistributedContext) -> None:
         manifest = {"format": FORMAT, "world_size": world, "epoch": epoch,
                     "files": [shard_name(epoch, r, world) for r in range(world)],
                     "rows": "rank r's file holds delta rows r::world_size"}
-        with atomic_write(directory / MANIFEST_NAME) as handle:
-            handle.write(json.dumps(manifest, indent=1).encode())
-    distributed.agree(ctx, None)  # the new manifest is committed: older files are garbage now
+        try:
+            with atomic_write(directory / MANIFEST_NAME) as handle:
+                handle.write(json.dumps(manifest, indent=1).encode())
+        except OSError as err:
+            problem = f"cannot write the checkpoint manifest in {directory}: {err.strerror or err}"
+    distributed.agree(ctx, problem)  # the new manifest is committed: older files are garbage now
     own_pattern = re.compile(rf"epoch\d+-rank{ctx.rank}-of{world}\.pt")
     for path in directory.iterdir():
         if own_pattern.fullmatch(path.name) and path.name != shard_name(epoch, ctx.rank, world):
