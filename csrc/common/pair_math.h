@@ -202,9 +202,12 @@ MIUE_HD acc_t backward_diagonal_correction(const LossView<acc_t>& v, int64_t i, 
 
 // In-place projected sign step of MIUE_SPEC, in the formula's order of operations and in the
 // storage type (each operation rounds like the eager PyTorch expression does).
+// min then max, each written so that a NaN in v survives the comparison (and so that x86
+// compilers can use one minps / maxps each): the result of torch.clamp for lo <= hi.
 template <typename T>
 MIUE_HD T clamp_like_torch(T v, T lo, T hi) {
-  return v < lo ? lo : (v > hi ? hi : v);  // NaN compares false and propagates
+  const T below_hi = hi < v ? hi : v;
+  return lo > below_hi ? lo : below_hi;
 }
 
 template <typename T>
