@@ -157,3 +157,12 @@ def test_generate_defaults_and_pixel_units():
     assert (custom.steps, custom.zeta) == (4, 0.0)
     em = _parsed_config(["--method", "em", "--no-stop-rule", "--alpha", "1:2"])
     assert em.objective == "ce" and em.stop_accuracy is None and em.alpha_at(20) == pytest.approx(2 / 255)
+
+
+def test_evaluate_refuses_torchrun(tmp_path, monkeypatch, capsys):
+    from miue_ext.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["evaluate", "--poison", "clean", "--out", str(tmp_path / "report")]) == 2
+    assert "does not run under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.evaluate.victims import default_victim
     from miue_ext.generate import resolve_device
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Not distributed yet: every rank would train the whole victim and write the same folder.
+        raise InputError("evaluate does not run under torchrun yet; run it as one process")
     out = args.out or default_out(args.poison, args.defense)
     check_new_folder(out)  # fail now, not after the training
     defense = parse_defense(args.defense).spec  # a typo fails before the data set loads
