@@ -149,6 +149,9 @@ def plot_versus_eps(reports: list[dict], path: str | os.PathLike, title: str = "
             continue
         line, = ax.plot(eps, final, "o-", label=f"{key} (final)")
         ax.plot(eps, peak, "^:", color=line.get_color(), label=f"{key} (peak)")
+    budgets = sorted({r["poison"].get("eps_pixels") or 0 for r in reports} - {0})
+    if budgets:
+        ax.set_xticks(budgets)
     ax.set_xlabel("eps (1/255, L-inf)")
     ax.set_ylabel("clean test accuracy (%)")
     ax.set_ylim(0, 100)
