@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <tuple>
 
+#include "common/pair_math.h"
+
 namespace miue {
 
 // The per-device kernels the driver needs. Tensors are contiguous, in the accumulator type.
@@ -35,5 +37,14 @@ at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& gra
                                int64_t tile_rows);
 
 int64_t rows_per_tile(int64_t batch, int64_t tile_rows);
+
+// The raw-pointer view the row kernels of both devices read (tensors as in LossKernels).
+template <typename acc_t>
+LossView<acc_t> make_loss_view(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                               double temperature, double sim_weight, double dist_weight) {
+  return LossView<acc_t>{features.data_ptr<acc_t>(), norms.data_ptr<acc_t>(), labels.data_ptr<int64_t>(),
+                         features.size(0), features.size(1), acc_t(1.0 / temperature),
+                         acc_t(sim_weight), acc_t(dist_weight)};
+}
 
 }  // namespace miue

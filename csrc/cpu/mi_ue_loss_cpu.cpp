@@ -13,14 +13,6 @@
 namespace miue {
 namespace {
 
-template <typename acc_t>
-LossView<acc_t> make_view(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                          double temperature, double sim_weight, double dist_weight) {
-  return LossView<acc_t>{features.data_ptr<acc_t>(), norms.data_ptr<acc_t>(), labels.data_ptr<int64_t>(),
-                         features.size(0), features.size(1), acc_t(1.0 / temperature),
-                         acc_t(sim_weight), acc_t(dist_weight)};
-}
-
 // Grain sizes: enough work per task to amortise the thread pool for small B.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
@@ -71,7 +63,7 @@ template <typename scalar_t>
 void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                         const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
                         double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
-    const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+    const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     const scalar_t* g = gram.data_ptr<scalar_t>();
     scalar_t* st = stats.data_ptr<scalar_t>();
     scalar_t* out = row_loss.data_ptr<scalar_t>();
@@ -135,7 +127,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
                          const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
                          double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
                          at::Tensor& coeff, at::Tensor& direct) {
-    const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+    const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     const scalar_t* g = gram.data_ptr<scalar_t>();
     const scalar_t* st = stats.data_ptr<scalar_t>();
     const scalar_t upstream = grad.data_ptr<scalar_t>()[0];

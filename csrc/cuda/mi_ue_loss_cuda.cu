@@ -13,14 +13,6 @@
 namespace miue {
 namespace {
 
-template <typename acc_t>
-LossView<acc_t> make_view(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                          double temperature, double sim_weight, double dist_weight) {
-  return LossView<acc_t>{features.data_ptr<acc_t>(), norms.data_ptr<acc_t>(), labels.data_ptr<int64_t>(),
-                         features.size(0), features.size(1), acc_t(1.0 / temperature),
-                         acc_t(sim_weight), acc_t(dist_weight)};
-}
-
 template <typename T>
 __global__ void normalize_rows_kernel(const T* features, T* unit, T* norms, int64_t cols) {
   const int64_t i = blockIdx.x;
@@ -101,7 +93,7 @@ void rows_forward_cuda(const at::Tensor& features, const at::Tensor& norms, cons
                        double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
   const c10::cuda::CUDAGuard guard(features.device());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cuda", [&] {
-    const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+    const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     rows_forward_kernel<scalar_t><<<gram.size(0), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         v, gram.data_ptr<scalar_t>(), row0, stats.data_ptr<scalar_t>(), row_loss.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -114,7 +106,7 @@ void rows_backward_cuda(const at::Tensor& features, const at::Tensor& norms, con
                         at::Tensor& direct) {
   const c10::cuda::CUDAGuard guard(features.device());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cuda", [&] {
-    const auto v = make_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+    const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
     rows_backward_kernel<scalar_t><<<gram.size(0), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         v, gram.data_ptr<scalar_t>(), row0, stats.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
         coeff.data_ptr<scalar_t>(), direct.data_ptr<scalar_t>());

@@ -118,6 +118,11 @@ def plot_curves(reports: list[dict], path: str | os.PathLike, title: str = "", w
                     label=f"{report_label(report)} (train, poisoned)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
+    _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path, title: str) -> None:
+    """The common end of both accuracy plots: percent axis, grid, legend, title, atomic save."""
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -154,13 +159,7 @@ def plot_versus_eps(reports: list[dict], path: str | os.PathLike, title: str = "
         ax.set_xticks(budgets)
     ax.set_xlabel("eps (1/255, L-inf)")
     ax.set_ylabel("clean test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    _save(fig, path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title)
 
 
 def timestamp() -> str:
