@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMANDS = {  # name -> (module, one-line help)
@@ -41,8 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_process_now(code: int) -> None:
+    """Exit without interpreter teardown. A gloo/NCCL group whose peer vanished keeps C++ threads
+    with a send pending; at normal exit their destructors call std::terminate (SIGABRT, exit -6)
+    after our message. Files are already closed: the poison file is written only on success and
+    checkpoints are written atomically, so nothing is lost by skipping teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from miue_ext.errors import DistributedError, InputError, NonFiniteLossError
+    from miue_ext.errors import DistributedError, InputError, LostProcessesError, NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
@@ -50,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"miue {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except LostProcessesError as err:
+        print(f"miue {args.command}: error: {err}", file=sys.stderr)
+        _end_process_now(1)
     except (NonFiniteLossError, DistributedError) as err:
         print(f"miue {args.command}: error: {err}", file=sys.stderr)
         return 1

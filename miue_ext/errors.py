@@ -14,3 +14,7 @@ class NonFiniteLossError(RuntimeError):
 
 class DistributedError(RuntimeError):
     """A multi-process run lost a rank (it died, hung past --dist-timeout, or never joined)."""
+
+
+class LostProcessesError(DistributedError):
+    """A collective failed mid-run: the process group is broken and cannot be shut down cleanly."""

@@ -190,13 +190,15 @@ def _run_distributed(args: argparse.Namespace) -> int:
 
     ctx = distributed.init_from_environment(args.device, args.dist_timeout)
     try:
-        return _run_rank(args, ctx)
+        code = _run_rank(args, ctx)
     except RuntimeError as err:
         if distributed.is_collective_failure(err):  # another rank died, hung or never answered
+            # no shutdown: destroying a group with a send still pending can block or abort
             raise distributed.collective_failure(err, ctx, args.dist_timeout) from None
-        raise
-    finally:
         distributed.shutdown()
+        raise
+    distributed.shutdown()
+    return code
 
 
 def _run_rank(args: argparse.Namespace, ctx) -> int:

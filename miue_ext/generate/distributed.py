@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from miue_ext.errors import DistributedError, InputError
+from miue_ext.errors import DistributedError, InputError, LostProcessesError
 
 DEFAULT_TIMEOUT_S = 300.0
 SHARE_CHUNK_BYTES = 256 << 20  # bound on the rows one all_gather moves (all ranks together)
@@ -103,10 +103,10 @@ def is_collective_failure(err: BaseException) -> bool:
     return isinstance(err, dist.DistError) or "gloo" in str(err).lower() or "nccl" in str(err).lower()
 
 
-def collective_failure(err: Exception, ctx: DistributedContext, timeout_s: float) -> DistributedError:
+def collective_failure(err: Exception, ctx: DistributedContext, timeout_s: float) -> LostProcessesError:
     """The one-line error for a collective that failed: another rank died, hung or diverged."""
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return DistributedError(f"rank {ctx.rank} of {ctx.world_size}: lost the other processes (a rank died, or did "
+    return LostProcessesError(f"rank {ctx.rank} of {ctx.world_size}: lost the other processes (a rank died, or did "
                             f"not answer within --dist-timeout {timeout_s:g} s): {first_line}")
 
 
