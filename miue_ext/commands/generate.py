@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                         "over the epochs (default 0.2:4/K)")
     method.add_argument("--zeta", type=float, metavar="Z", help="weight of L_dist (default 0.1)")
     method.add_argument("--temperature", type=float, metavar="T", help="temperature of L_sim (default 0.1)")
+    method.add_argument("--augment-perturbation", dest="perturb_augment", action="store_true", default=None,
+                        help="every perturbation step sees a random 4-pixel shift and flip of x + delta (the "
+                             "victim's standard augmentation), so the perturbation survives it")
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
     method.add_argument("--stop-accuracy", type=float, metavar="PERCENT",
                         help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
@@ -108,7 +111,8 @@ def build_config(args: argparse.Namespace, device_type: str):
         args.method, objective=args.objective, mode=args.mode, epochs=epochs, steps=args.steps,
         eps=None if args.eps is None else args.eps / 255, alpha_start=alpha_start, alpha_end=alpha_end,
         zeta=args.zeta, temperature=args.temperature, batch_size=args.batch_size,
-        poison_batch_size=args.poison_batch_size, lr=args.lr, flip=args.flip, random_start=args.random_start,
+        poison_batch_size=args.poison_batch_size, lr=args.lr, flip=args.flip, perturb_augment=args.perturb_augment,
+        random_start=args.random_start,
         stop_accuracy=stop, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, checkpoint_every=args.checkpoint_every,
     )

@@ -34,6 +34,7 @@ class GenerationConfig:
     weight_decay: float = 1e-4
     lr_min: float = 1e-6  # cosine decay floor
     flip: bool = True  # random horizontal flip of the clean image while training the surrogate
+    perturb_augment: bool = False  # each perturbation step sees a random 4-pixel shift + flip of x + delta
     random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
     stop_accuracy: float | None = None  # EM's stop rule: stop once poisoned-train accuracy exceeds it
     seed: int = 0

@@ -251,9 +251,10 @@ class _Run:
             poison_batches = dist.perturbation_batches(order, self.dist.world_size, cfg.poison_batch_size)
         bar = self.progress.stage("perturb", poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
+        augment = steps.RandomShiftFlip(_epoch_generator(cfg.seed, epoch, 2)) if cfg.perturb_augment else None
         loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, poison_order,
                            cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
-                           bar.perturb_update)
+                           bar.perturb_update, augment=augment)
         bar.close()
         if self.dist is not None:
             loss_sum = self._share_perturbation(order, loss_sum)

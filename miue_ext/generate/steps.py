@@ -16,6 +16,7 @@ import contextlib
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from miue_ext.generate.objectives import Objective, cross_entropy
@@ -48,6 +49,35 @@ def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=Non
     return (x + rows).clamp_(0, 1), y
 
 
+def shift_and_flip(batch_nhwc: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
+    """Translate sample i by shifts[i] = (dy, dx) pixels (|dy|, |dx| <= pad, zero fill), then
+    mirror it horizontally where flips[i]: the victim's crop-after-padding and flip, as one
+    differentiable gather."""
+    n, h, w, _ = batch_nhwc.shape
+    padded = F.pad(batch_nhwc, (0, 0, pad, pad, pad, pad))
+    rows = torch.arange(h, device=batch_nhwc.device) + pad + shifts[:, :1]  # [n, h]
+    columns = torch.arange(w, device=batch_nhwc.device)
+    columns = torch.where(flips[:, None], w - 1 - columns, columns) + pad + shifts[:, 1:]  # [n, w]
+    sample = torch.arange(n, device=batch_nhwc.device)[:, None, None]
+    return padded[sample, rows[:, :, None], columns[:, None, :]]
+
+
+class RandomShiftFlip:
+    """Draws a fresh shift and flip per sample at every call (on the CPU generator given, so a
+    run is reproducible and nothing waits on the device)."""
+
+    def __init__(self, generator: torch.Generator, pad: int = 4):
+        self.generator, self.pad = generator, pad
+
+    def __call__(self, batch_nhwc: torch.Tensor) -> torch.Tensor:
+        n = batch_nhwc.shape[0]
+        shifts = torch.randint(-self.pad, self.pad + 1, (n, 2), generator=self.generator)
+        flips = torch.rand(n, generator=self.generator) < 0.5
+        device = batch_nhwc.device
+        return shift_and_flip(batch_nhwc, shifts.to(device, non_blocking=True), flips.to(device, non_blocking=True),
+                              self.pad)
+
+
 def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, labels, delta,
                 classwise: bool, order, flip_mask, batch_size: int, amp, channels_last: bool,
                 on_batch: Callable[[torch.Tensor, torch.Tensor, int], None]):
@@ -71,8 +101,10 @@ def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, 
 
 def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
                        steps: int, alpha: float, eps: float, amp, channels_last: bool,
-                       on_batch: Callable[[torch.Tensor, int], None]) -> torch.Tensor:
+                       on_batch: Callable[[torch.Tensor, int], None], augment=None) -> torch.Tensor:
     """K sign-gradient steps on every poison batch, updating rows of `delta` in place.
+    `augment` (e.g. RandomShiftFlip) transforms x + delta before the surrogate sees it, so
+    each step follows the gradient for one random view of the image.
 
     `order` is the (shuffled) list of sample indices this process owns: all of them today;
     a multi-GPU run would pass each rank its shard, e.g. order[rank::world_size].
@@ -86,8 +118,9 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
         y = labels.index_select(0, index)
         for _ in range(steps):
             inputs = (x + delta.index_select(0, index)).requires_grad_(True)
+            seen = inputs if augment is None else augment(inputs)
             with amp():
-                features, logits = surrogate(to_model_layout(inputs, channels_last))
+                features, logits = surrogate(to_model_layout(seen, channels_last))
             loss = objective(features.float(), logits.float(), y)
             (grad,) = torch.autograd.grad(loss, inputs)
             # In place on delta[index]; check_index=False: indices come from a permutation of
@@ -100,7 +133,7 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
 
 def perturb_classwise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
                       steps: int, alpha: float, eps: float, amp, channels_last: bool,
-                      on_batch: Callable[[torch.Tensor, int], None]) -> torch.Tensor:
+                      on_batch: Callable[[torch.Tensor, int], None], augment=None) -> torch.Tensor:
     """Class-wise: one delta per class; its gradient sums over the batch's samples of that class.
 
     A shared delta cannot be projected onto [0, 1] for every image at once, so only the eps
@@ -113,6 +146,8 @@ def perturb_classwise(surrogate, objective: Objective, images, labels, delta, or
         for _ in range(steps):
             leaf = delta.detach().requires_grad_(True)
             inputs = (x + leaf.index_select(0, y)).clamp(0, 1)
+            if augment is not None:
+                inputs = augment(inputs)
             with amp():
                 features, logits = surrogate(to_model_layout(inputs, channels_last))
             loss = objective(features.float(), logits.float(), y)
