@@ -152,9 +152,9 @@ def test_generate_defaults_and_pixel_units():
     cpu, gpu = _parsed_config([]), _parsed_config([], "cuda")
     assert (cpu.epochs, gpu.epochs) == (20, 100) and cpu.objective == "mi" and cpu.eps == 8 / 255
     assert cpu.alpha_at(1) == pytest.approx(0.2 / 255) and cpu.alpha_at(20) == pytest.approx(0.4 / 255)
-    custom = _parsed_config(["--eps", "16", "--alpha", "0.5", "--steps", "4", "--epochs", "3", "--zeta", "0"])
+    custom = _parsed_config(["--eps", "16", "--alpha", "0.5", "--steps", "4", "--epochs", "3", "--zeta", "0.1"])
     assert custom.eps == 16 / 255 and custom.alpha_at(1) == custom.alpha_at(3) == pytest.approx(0.5 / 255)
-    assert (custom.steps, custom.zeta) == (4, 0.0)
+    assert (custom.steps, custom.zeta) == (4, 0.1)
     em = _parsed_config(["--method", "em", "--no-stop-rule", "--alpha", "1:2"])
     assert em.objective == "ce" and em.stop_accuracy is None and em.alpha_at(20) == pytest.approx(2 / 255)
 

@@ -37,7 +37,8 @@ def run(config, data=None, **kwargs):
 
 def test_defaults_are_the_papers():
     c = GenerationConfig()
-    assert (c.objective, c.epochs, c.steps, c.eps, c.zeta, c.temperature) == ("mi", 100, 10, 8 / 255, 0.1, 0.1)
+    assert (c.objective, c.epochs, c.steps, c.eps, c.temperature) == ("mi", 100, 10, 8 / 255, 0.1)
+    assert c.zeta == 0  # the authors' released command; the paper's full method sets 0.1
     assert (c.batch_size, c.poison_batch_size, c.lr, c.momentum, c.weight_decay) == (128, 512, 0.1, 0.9, 1e-4)
     assert c.alpha_at(1) == pytest.approx(0.2 / 255) and c.alpha_at(100) == pytest.approx(0.4 / 255)
     assert c.alpha_at(50) == pytest.approx((0.2 + 49 / 99 * 0.2) / 255)
@@ -98,10 +99,10 @@ def test_perturbation_steps_lower_the_objective():
     assert loss_after < loss_before - 0.05 and cos_after > cos_before
 
 
-@pytest.mark.parametrize("objective", ["mi", "sim", "cos", "ce"])
-def test_every_objective_gives_a_valid_bounded_perturbation(objective):
+@pytest.mark.parametrize("objective, zeta", [("mi", 0.0), ("mi", 0.1), ("sim", 0.0), ("cos", 0.0), ("ce", 0.0)])
+def test_every_objective_gives_a_valid_bounded_perturbation(objective, zeta):
     data = tiny_data()
-    result = run(tiny_config(objective=objective), data)
+    result = run(tiny_config(objective=objective, zeta=zeta), data)
     x = torch.from_numpy(data.images).float() / 255
     assert result.delta.shape == x.shape and result.delta.abs().max() <= EPS + 1e-7
     assert ((x + result.delta) >= -1e-6).all() and ((x + result.delta) <= 1 + 1e-6).all()
