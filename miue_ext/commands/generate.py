@@ -193,16 +193,20 @@ def _run_distributed(args: argparse.Namespace) -> int:
     from miue_ext.generate import distributed
 
     ctx = distributed.init_from_environment(args.device, args.dist_timeout)
+    group_broken = False
     try:
-        code = _run_rank(args, ctx)
+        return _run_rank(args, ctx)
     except RuntimeError as err:
         if distributed.is_collective_failure(err):  # another rank died, hung or never answered
-            # no shutdown: destroying a group with a send still pending can block or abort
+            group_broken = True
             raise distributed.collective_failure(err, ctx, args.dist_timeout) from None
-        distributed.shutdown()
         raise
-    distributed.shutdown()
-    return code
+    finally:
+        # Every other ending (success, an input error all ranks agreed on, a non-finite loss)
+        # must destroy the group: a live gloo group aborts the interpreter at exit. A broken
+        # one must not be touched: destroying it with a send pending can block or abort too.
+        if not group_broken:
+            distributed.shutdown()
 
 
 def _run_rank(args: argparse.Namespace, ctx) -> int:
