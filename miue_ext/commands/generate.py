@@ -46,11 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     method.add_argument("--eps", type=float, metavar="PIXELS", help="L-inf budget in 1/255 units (default 8)")
     method.add_argument("--alpha", metavar="A|START:END", help="step size in 1/255 units: A, or START:END for a linear schedule "
                                         "over the epochs (default 0.2:4/K)")
-    method.add_argument("--zeta", type=float, metavar="Z", help="weight of L_dist (default 0, the authors' released setting; the paper's full method: 0.1)")
+    method.add_argument("--zeta", type=float, metavar="Z",
+                        help="weight of L_dist (default 0, the authors' released setting; the paper's full method: 0.1)")
     method.add_argument("--temperature", type=float, metavar="T", help="temperature of L_sim (default 0.1)")
     method.add_argument("--augment-perturbation", dest="perturb_augment", action="store_true", default=None,
                         help="every perturbation step sees a random 4-pixel shift and flip of x + delta (the "
-                             "victim's standard augmentation), so the perturbation survives it")
+                             "victim's standard augmentation; not in the paper, and no better on patches)")
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
     method.add_argument("--stop-accuracy", type=float, metavar="PERCENT",
                         help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
