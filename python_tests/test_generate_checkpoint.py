@@ -7,7 +7,7 @@ import torch
 from miue_ext.atomic import atomic_write
 from miue_ext.errors import InputError
 from miue_ext.generate import GenerationConfig, generate
-from miue_ext.generate.checkpoint import load_checkpoint
+from miue_ext.generate.checkpoint import checkpoint_path, load_checkpoint
 
 from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
@@ -72,6 +72,8 @@ def test_resume_refuses_other_settings_or_data(tmp_path):
         gen(config(epochs=2, eps=4 / 255), checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(InputError, match="different data"):
         gen(config(epochs=2), tiny_data(offset=1), checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(InputError, match="checkpoint has perturb_augment=False, this run perturb_augment=True"):
+        gen(config(epochs=2, perturb_augment=True), checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(InputError, match="no checkpoint at"):
         gen(config(epochs=2), checkpoint_dir=tmp_path / "empty", resume=True)
     with pytest.raises(InputError, match="needs --checkpoint-dir"):
@@ -104,3 +106,16 @@ def test_resume_after_em_stop_rule_does_not_continue(tmp_path):
     again = gen(config(stop_accuracy=0.01, epochs=5), checkpoint_dir=tmp_path, resume=True, log=lines.append)
     assert again.stopped_early and len(again.history) == 1 and len(lines) == 1  # only "resumed from"
     assert torch.equal(again.delta, first.delta)
+
+
+def test_checkpoint_older_than_a_setting_resumes_with_its_old_behaviour(tmp_path):
+    straight = gen(config())
+    with pytest.raises(Crash):
+        gen(config(), checkpoint_dir=tmp_path, log=crash_at_epoch(3))
+    state = load_checkpoint(tmp_path)
+    del state["config"]["perturb_augment"]  # as written before --augment-perturbation existed
+    torch.save(state, checkpoint_path(tmp_path))
+    resumed = gen(config(), checkpoint_dir=tmp_path, resume=True)
+    assert torch.equal(resumed.delta, straight.delta)
+    with pytest.raises(InputError, match="checkpoint has perturb_augment=False"):
+        gen(config(perturb_augment=True), checkpoint_dir=tmp_path, resume=True)

@@ -76,14 +76,19 @@ def load_checkpoint(directory: str | Path) -> dict:
 
 
 def check_compatible(saved_config: dict, config: dict, saved_fingerprint: str, fingerprint: str,
-                     ignore: tuple[str, ...]) -> None:
-    """Refuse to resume with other data or other settings: the result would be neither run."""
+                     ignore: tuple[str, ...], added_later: dict | None = None) -> None:
+    """Refuse to resume with other data or other settings: the result would be neither run.
+
+    `added_later`: values that a checkpoint written before a setting existed ran with (a new
+    setting is off by default, so an older checkpoint is its default, not a mismatch)."""
     if saved_fingerprint != fingerprint:
         raise InputError("--resume: the checkpoint was made from different data")
+    saved_config = {**(added_later or {}), **saved_config}
     for key in sorted(set(saved_config) | set(config)):
         if key in ignore:
             continue
         if saved_config.get(key) != config.get(key):
             raise InputError(
-                f"--resume: checkpoint has {key}={saved_config.get(key)!r}, this run {key}={config.get(key)!r}"
+                f"--resume: checkpoint has {key}={saved_config.get(key)!r}, this run {key}={config.get(key)!r}; "
+                f"resume with the settings the checkpoint was made with"
             )

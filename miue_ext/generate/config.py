@@ -94,3 +94,5 @@ class GenerationConfig:
 
     # Settings that may change between a checkpoint and its resumption without changing the result.
     RESUMABLE_CHANGES = ("compile", "checkpoint_every")
+    # Settings added after checkpoints already existed, with the behaviour those checkpoints had.
+    ADDED_LATER = {"perturb_augment": False}

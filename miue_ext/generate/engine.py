@@ -156,7 +156,7 @@ class _Run:
         else:
             state, where = ckpt.load_checkpoint(self.checkpoint_dir), ckpt.checkpoint_path(self.checkpoint_dir)
         ckpt.check_compatible(state["config"], self.config.to_dict(), state["fingerprint"], self.fingerprint,
-                              ignore=GenerationConfig.RESUMABLE_CHANGES)
+                              ignore=GenerationConfig.RESUMABLE_CHANGES, added_later=GenerationConfig.ADDED_LATER)
         self.surrogate.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
