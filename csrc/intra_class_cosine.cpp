@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/full_precision.h"
 #include "common/pair_math.h"
 
 namespace miue {
@@ -45,6 +46,7 @@ ClassSums class_sums(const at::Tensor& features, const at::Tensor& labels) {
 }
 
 at::Tensor intra_class_cosine_forward(const at::Tensor& features, const at::Tensor& labels) {
+  const FullPrecision full_precision;
   const ClassSums cs = class_sums(features, labels);
   // sum over rows of z_i . S_{c(i)} equals sum_c |S_c|^2
   const at::Tensor within = (cs.unit * cs.member_sums).sum() - (cs.unit * cs.unit).sum();
@@ -55,6 +57,8 @@ at::Tensor intra_class_cosine_forward(const at::Tensor& features, const at::Tens
 
 at::Tensor intra_class_cosine_backward(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels) {
   TORCH_CHECK(grad.numel() == 1, "grad must hold one element (the value is a scalar), got shape ", grad.sizes());
+  check_same_device(features, "features", grad, "grad");
+  const FullPrecision full_precision;
   const ClassSums cs = class_sums(features, labels);
   const at::Tensor g = grad.reshape({}).to(cs.unit.scalar_type());
   const at::Tensor scale = at::where(cs.pairs > 0, 2 * g / cs.pairs, at::zeros_like(cs.pairs));

@@ -6,6 +6,7 @@
 #include "mi_ue_loss.h"
 
 #include "common/checks.h"
+#include "common/full_precision.h"
 #include "common/pair_math.h"
 
 namespace miue {
@@ -42,6 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
     double temperature, double sim_weight, double dist_weight, int64_t tile_rows) {
   check_loss_inputs(features, labels);
   check_loss_scalars(temperature, sim_weight, dist_weight, tile_rows);
+  const FullPrecision full_precision;
   const Prepared p = prepare(kernels, features, labels);
   const int64_t batch = p.features.size(0);
   const int64_t tile = rows_per_tile(batch, tile_rows);
@@ -67,6 +69,10 @@ at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& gra
                                int64_t tile_rows) {
   check_loss_inputs(features, labels);
   check_loss_scalars(temperature, sim_weight, dist_weight, tile_rows);
+  check_same_device(features, "features", grad, "grad");
+  check_same_device(features, "features", row_stats, "row_stats");
+  check_same_device(features, "features", gram, "gram");
+  const FullPrecision full_precision;
   const Prepared p = prepare(kernels, features, labels);
   const int64_t batch = p.features.size(0);
   TORCH_CHECK(grad.numel() == 1, "grad must hold one element (the loss is a scalar), got shape ",

@@ -113,6 +113,19 @@ torch.library.register_autograd(
 )
 
 
+# --------------------------------------------------------------------------- autocast
+# Like PyTorch's own losses, the loss ops run in float32 inside an autocast region: features of
+# any floating dtype are cast to float32 (differentiably, so bf16/fp16 features get their
+# gradient back in their own dtype) and the result is float32. The kernels themselves also
+# exclude autocast and TF32 (csrc/common/full_precision.h), which covers the backward ops when
+# backward() runs inside the region. pgd_update_ and pgd_update_indexed_ are elementwise and
+# run in the dtype of delta/poison, autocast or not.
+AUTOCAST_DTYPE = torch.float32
+for _op in ("miue::mi_ue_loss_forward", "miue::intra_class_cosine_forward"):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(_op, _device, AUTOCAST_DTYPE)
+
+
 # --------------------------------------------------------------------------- public API
 def mi_ue_loss(features, labels, temperature=0.1, zeta=0.1, *, tile_rows=0):
     """L_sim + zeta * L_dist of MIUE_SPEC for features [B, D] and integer labels [B]; a 0-d tensor."""

@@ -40,6 +40,12 @@ inline void check_loss_scalars(double temperature, double sim_weight, double dis
   TORCH_CHECK(tile_rows >= 0, "tile_rows must be >= 0 (0 = automatic), got ", tile_rows);
 }
 
+inline void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on the device of ", ref_name, " (",
+              ref.device(), "), got ", t.device());
+}
+
 inline void check_step_scalars(double alpha, double eps) {
   check_finite_scalar(alpha, "alpha");
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps must be a finite number >= 0, got ", eps);

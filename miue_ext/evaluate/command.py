@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help=f"victim epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
                                               f"{CPU_DEFAULT_EPOCHS} on CPU)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate, cosine decay to 0 (default 0.1)")
+    p.add_argument("--lr", type=float, help="SGD learning rate, cosine decay to 0 (default 0.1; 0.01 for "
+                                            "plaincnn, which has no batch norm)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.evaluate.report import check_new_folder, write_report
     from miue_ext.evaluate.train import TrainConfig
     from miue_ext.evaluate.training_sets import BASELINES, data_spec_for, load_data
-    from miue_ext.evaluate.victims import default_victim
+    from miue_ext.evaluate.victims import default_lr, default_victim
     from miue_ext.generate import resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -78,11 +79,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     epochs = args.epochs if args.epochs is not None else (
         GPU_DEFAULT_EPOCHS if device.type == "cuda" else CPU_DEFAULT_EPOCHS)
-    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+    model_name = default_victim(device.type) if args.model == "auto" else args.model
+    lr = args.lr if args.lr is not None else default_lr(model_name)
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be a finite number > 0, got {lr:g}")
+    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
                          seed=args.seed)
     data_spec = data_spec_for(args.poison, args.data)
     train, test = load_data(data_spec, args.root, args.download, args.test_data)
-    model_name = default_victim(device.type) if args.model == "auto" else args.model
     log = _logger(args.progress)
     result = evaluate_poison(args.poison, train, test, data_spec, model_name, config, defense,
                              random_eps=args.eps / 255, device=device, progress=args.progress, log=log)

@@ -7,6 +7,11 @@ optimised against.
                the VGG-style `smallcnn` surrogate, cheap enough for two CPU cores.
     vgg11      VGG-11 with batch norm (CIFAR variant, 512-d features): the default victim on
                CUDA, where the default surrogate is ResNet-18.
+    plaincnn   a second family: a VGG-style CNN with no batch norm and with dropout (channels
+               32-64-128, two 3x3 convolutions per stage, a 256-unit hidden layer). Without
+               batch norm it needs a smaller learning rate (0.01 by default, see
+               DEFAULT_LR); batch-norm statistics are one route by which a poison can steer a
+               victim, so a poison should be judged on a model without them too.
     resnet18, smallcnn   as in miue_ext.models.
 
 Every model exposes `forward_features(x) -> [B, D]` and `classifier`, so the MI analysis can
@@ -21,8 +26,12 @@ from torch import nn
 from miue_ext.errors import InputError
 from miue_ext.models import BasicBlock, build_model
 
-VICTIM_NAMES = ("resnet10", "vgg11", "resnet18", "smallcnn")
+VICTIM_NAMES = ("resnet10", "plaincnn", "vgg11", "resnet18", "smallcnn")
 DEFAULT_VICTIM = {"cpu": "resnet10", "cuda": "vgg11"}  # the generators' defaults are smallcnn / resnet18
+# SGD learning rate when --lr is not given; a network without batch norm diverges at 0.1
+# (plaincnn on clean patches: see docs/evaluation.md).
+DEFAULT_LR = {"plaincnn": 0.01}
+STANDARD_LR = 0.1
 
 
 class ResNet10(nn.Module):
@@ -70,11 +79,39 @@ class VGG11(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
+class PlainCNN(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 256):
+        super().__init__()
+        layers, channels = [], in_channels
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(channels, width, 3, 1, 1), nn.ReLU(inplace=True),
+                       nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2), nn.Dropout(0.25)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.hidden = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(0.5)
+        self.feature_dim = hidden
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(self.features(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.forward_features(x)))
+
+
+def default_lr(name: str) -> float:
+    return DEFAULT_LR.get(name, STANDARD_LR)
+
+
 def build_victim(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     if name == "resnet10":
         return ResNet10(num_classes, in_channels)
     if name == "vgg11":
         return VGG11(num_classes, in_channels)
+    if name == "plaincnn":
+        return PlainCNN(num_classes, in_channels)
     if name in ("resnet18", "smallcnn"):
         return build_model(name, num_classes, in_channels)
     raise InputError(f"unknown model {name!r}; choose one of {', '.join(VICTIM_NAMES)}")
