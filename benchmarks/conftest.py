@@ -31,7 +31,7 @@ class Settings:
 
 def pytest_addoption(parser):
     group = parser.getgroup("miue-bench", "MI-UE benchmark suite")
-    group.addoption("--bench-grid", choices=("quick", "default", "full"),
+    group.addoption("--bench-grid", choices=("quick", "targets", "default", "full"),
                     default=os.environ.get("MIUE_BENCH_GRID", "default"), help="size grid (providers.py)")
     group.addoption("--bench-device", choices=("cpu", "cuda"), default=os.environ.get("MIUE_BENCH_DEVICE", "cpu"))
     group.addoption("--bench-threads", type=int, default=int(os.environ.get("MIUE_BENCH_THREADS", "0")))

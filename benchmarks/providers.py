@@ -5,6 +5,9 @@ The per-op providers (fused, eager, authors, compiled, floor) live in miue_ext.b
 
 Grids (pytest --bench-grid or MIUE_BENCH_GRID):
   quick    tiny sizes, every op and provider once: seconds, for CI (with --benchmark-disable)
+  targets  only what the targets table of RESULTS.md needs (ceilings, B=512 D=512 C=10 with
+           random and collapsed features, pgd_update_ at 2^26, the generation step, the memory
+           case): the first benchmark step of gpu_check.sh, about a minute on an H100
   default  CPU: the issue's target size and a few around it, about 10 minutes on 2 cores;
            CUDA: the GPU sizes of the issue (gpu_check.sh), a few minutes on an H100
            (test order: see priority(), so that a run stopped at a time limit keeps the targets)
@@ -36,14 +39,17 @@ class LossCase:
     batch: int
     dim: int
     classes: int
+    features: str = "randn"  # or "collapsed" (bench.loss_inputs)
 
     @property
     def id(self):
-        return f"{self.op}-{self.mode}-B{self.batch}-D{self.dim}-C{self.classes}-{self.provider}"
+        kind = "" if self.features == "randn" else f"-{self.features}"
+        return f"{self.op}-{self.mode}-B{self.batch}-D{self.dim}-C{self.classes}{kind}-{self.provider}"
 
     @property
     def group(self):
-        return f"{self.op} {self.mode} B={self.batch} D={self.dim} C={self.classes}"
+        kind = "" if self.features == "randn" else f" {self.features}"
+        return f"{self.op} {self.mode} B={self.batch} D={self.dim} C={self.classes}{kind}"
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,13 @@ def _prod(values):
 def loss_cases(grid: str, device: torch.device) -> list[LossCase]:
     cases = []
 
-    def add(op, modes, sizes, providers):
+    def add(op, modes, sizes, providers, features="randn"):
         for mode, (batch, dim, classes), provider in itertools.product(modes, sizes, providers):
             if provider == "floor" and op == "intra_class_cosine":
                 continue  # O(B D): no matrix product to compare with
             if provider == "authors" and not _authors_runs(grid, device, batch, dim, mode):
                 continue
-            cases.append(LossCase(op, mode, provider, batch, dim, classes))
+            cases.append(LossCase(op, mode, provider, batch, dim, classes, features))
 
     other_ops = ("sim_loss", "dist_loss", "intra_class_cosine")
     everyone = bench.LOSS_PROVIDERS
@@ -108,8 +114,14 @@ def loss_cases(grid: str, device: torch.device) -> list[LossCase]:
     if grid == "quick":
         add("mi_ue_loss", bench.MODES, [(64, 32, 10)], no_compile)
         add("mi_ue_loss", ["fwd+bwd"], [(64, 32, 10)], ["compiled"])
+        add("mi_ue_loss", ["fwd+bwd"], [(64, 32, 10)], ("fused", "eager"), "collapsed")
         for op in other_ops:
             add(op, ["fwd+bwd"], [(64, 32, 10)], no_compile)
+    elif grid == "targets":
+        add("mi_ue_loss", bench.MODES, [TARGET_SIZE], ("fused", "eager", "floor"))
+        add("mi_ue_loss", ["fwd+bwd"], [TARGET_SIZE], ("authors", "compiled"))
+        add("mi_ue_loss", bench.MODES, [TARGET_SIZE], ("fused", "eager"), "collapsed")
+        add("mi_ue_loss", ["fwd+bwd"], [MEMORY_SIZE], ["fused"])
     elif grid == "full":
         sizes = list(itertools.product(FULL_BATCHES, FULL_DIMS, FULL_CLASSES))
         add("mi_ue_loss", bench.MODES, sizes, everyone)
@@ -121,6 +133,7 @@ def loss_cases(grid: str, device: torch.device) -> list[LossCase]:
         add("mi_ue_loss", ["fwd", "bwd"], [(b, 512, 10) for b in FULL_BATCHES] + [MEMORY_SIZE], no_compile)
         add("mi_ue_loss", bench.MODES, [TARGET_SIZE], ["compiled"])
         add("mi_ue_loss", ["fwd+bwd"], [MEMORY_SIZE], ["compiled"])
+        add("mi_ue_loss", bench.MODES, [TARGET_SIZE, (2048, 512, 10)], ("fused", "eager"), "collapsed")
         for op in other_ops:
             add(op, ["fwd+bwd"], [TARGET_SIZE, MEMORY_SIZE], no_compile)
             add(op, ["fwd+bwd"], [TARGET_SIZE], ["compiled"])
@@ -130,6 +143,7 @@ def loss_cases(grid: str, device: torch.device) -> list[LossCase]:
         add("mi_ue_loss", ["fwd+bwd"], sizes, ["authors"])
         add("mi_ue_loss", bench.MODES, [TARGET_SIZE], ["compiled"])
         add("mi_ue_loss", ["fwd+bwd"], [MEMORY_SIZE], ["fused"])  # the memory target
+        add("mi_ue_loss", bench.MODES, [TARGET_SIZE], ("fused", "eager"), "collapsed")
         for op in other_ops:
             add(op, ["fwd+bwd"], [TARGET_SIZE], everyone)
             add(op, ["fwd+bwd"], [(2048, 512, 10)], ("fused", "eager", "floor"))
@@ -148,6 +162,8 @@ def update_cases(grid: str, device: torch.device) -> list[UpdateCase]:
     image = bench.IMAGE_SHAPE
     if grid == "quick":
         shapes, indexed, compiled_shapes = [(64, *image)], [(256, 64)], []
+    elif grid == "targets":
+        shapes, indexed, compiled_shapes = [(1 << 26,)], [], [(1 << 26,)]
     elif device.type == "cuda" or grid == "full":
         shapes = [(512, *image), (50000, *image), (1 << 26,)]
         indexed, compiled_shapes = [(512, 512), (50000, 512)], shapes + [(50000, 512)]
@@ -234,7 +250,8 @@ def priority(test_name: str, case) -> int:
     """Run order: the ceilings, then what the issue's targets need, then the rest."""
     if test_name in ("test_copy_bandwidth", "test_matmul_rate"):
         return 0
-    if isinstance(case, LossCase) and case.op == "mi_ue_loss" and (case.batch, case.dim, case.classes) == TARGET_SIZE:
+    if (isinstance(case, LossCase) and case.op == "mi_ue_loss" and (case.batch, case.dim, case.classes) == TARGET_SIZE
+            and case.features == "randn"):
         return 1
     if isinstance(case, StepCase) or (isinstance(case, UpdateCase) and case.elements == 1 << 26):
         return 2

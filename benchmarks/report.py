@@ -68,8 +68,13 @@ def _groups(records, kind, key):
     return groups
 
 
+def _features(r):
+    return r.get("features", "randn")  # records from before the collapsed case have no field
+
+
 def _loss_key(r):
-    return (r["op"], r["mode"], r["B"], r["D"], r["C"])
+    op = r["op"] if _features(r) == "randn" else f"{r['op']} ({_features(r)})"
+    return (op, r["mode"], r["B"], r["D"], r["C"])
 
 
 def loss_table(records, limits) -> list[str]:
@@ -137,7 +142,7 @@ def step_table(records) -> list[str]:
 
 def _find(records, **fields):
     for r in records:
-        if all(r.get(k) == v for k, v in fields.items()):
+        if all((_features(r) if k == "features" else r.get(k)) == v for k, v in fields.items()):
             return r
     return None
 
@@ -146,7 +151,7 @@ def targets(records, limits, device) -> list[str]:
     """The issue's targets with the measured value next to each (only those this run measured)."""
     rows = []
     batch, dim, classes = TARGET_SIZE
-    at_target = {p: _find(records, kind="loss", op="mi_ue_loss", mode="fwd+bwd", provider=p,
+    at_target = {p: _find(records, kind="loss", op="mi_ue_loss", mode="fwd+bwd", provider=p, features="randn",
                           B=batch, D=dim, C=classes) for p in ("fused", "eager", "authors", "compiled", "floor")}
     fused = at_target["fused"]
 
@@ -166,6 +171,12 @@ def targets(records, limits, device) -> list[str]:
                 speedup = at_target[base]["median_s"] / t
                 add(f"{where}: {base} / fused", f">= {need}", f"{speedup:,.1f} ({_ms(at_target[base]['median_s'])} ms)",
                     speedup >= need)
+    collapsed = _find(records, kind="loss", op="mi_ue_loss", mode="fwd+bwd", provider="fused", features="collapsed",
+                      B=batch, D=dim, C=classes)
+    if fused and collapsed:
+        ratio = collapsed["median_s"] / fused["median_s"]
+        add(f"{device.upper()} B=512 D=512 C=10 fwd+bwd: fused collapsed / fused random features", "<= 1.2",
+            f"{ratio:.2f} ({_ms(collapsed['median_s'])} ms vs {_ms(fused['median_s'])} ms)", ratio <= 1.2)
     update = _find(records, kind="update", op="pgd_update_", provider="fused", elements=1 << 26)
     if update and "bandwidth" in limits:
         fraction = update["bytes_moved"] / update["median_s"] / limits["bandwidth"]
@@ -177,7 +188,7 @@ def targets(records, limits, device) -> list[str]:
         speedup = authors["median_s"] / engine["median_s"]
         add(f"generation step (batch {engine['batch']}): fused engine / eager fp32 loop", ">= 3", f"{speedup:.2f}",
             speedup >= 3)
-    big = _find(records, kind="loss", op="mi_ue_loss", mode="fwd+bwd", provider="fused", B=MEMORY_SIZE[0],
+    big = _find(records, kind="loss", op="mi_ue_loss", mode="fwd+bwd", provider="fused", features="randn", B=MEMORY_SIZE[0],
                 D=MEMORY_SIZE[1], C=MEMORY_SIZE[2])
     if big:
         ratio = big["peak_extra_bytes"] / big["features_bytes"]
@@ -242,13 +253,16 @@ def plot_time_vs_batch(records, path) -> bool:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json", help="pytest-benchmark JSON (--benchmark-json) of this suite")
+    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON (--benchmark-json) of this suite; several "
+                                                 "files of one machine are merged (metadata of the first)")
     parser.add_argument("--markdown", help="write the markdown here (default: print it)")
     parser.add_argument("--png", help="write the time-vs-B plot here")
     args = parser.parse_args(argv)
-    meta, records = load(args.json)
+    meta, records = load(args.json[0])
+    for more in args.json[1:]:
+        records += load(more)[1]
     if not records:
-        print(f"report: no benchmarks of this suite in {args.json}", file=sys.stderr)
+        print(f"report: no benchmarks of this suite in {', '.join(args.json)}", file=sys.stderr)
         return 1
     text = markdown(meta, records)
     if args.markdown:

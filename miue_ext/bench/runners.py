@@ -146,10 +146,23 @@ class Runner:
     setup: Callable[[], object] | None = None
 
 
-def loss_inputs(batch: int, dim: int, classes: int, device, seed: int = 0):
+FEATURE_KINDS = ("randn", "collapsed")
+# Spread of a collapsed class around its centre, relative to the centre's norm: same-class
+# cosines about 1 / (1 + 0.05^2) = 0.9975, MI-UE's own operating point (it drives them past 0.99).
+COLLAPSED_SPREAD = 0.05
+
+
+def loss_inputs(batch: int, dim: int, classes: int, device, seed: int = 0, kind: str = "randn"):
+    """randn: independent Gaussian rows. collapsed: each class's rows are its centre plus small
+    noise (the near-duplicate regime of a converged MI-UE surrogate)."""
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"kind must be one of {FEATURE_KINDS}, got {kind!r}")
     generator = torch.Generator(device).manual_seed(seed)  # drawn on the device: no host copy
     features = torch.randn(batch, dim, generator=generator, device=device)
     labels = torch.randint(0, classes, (batch,), generator=generator, device=device)
+    if kind == "collapsed":
+        centres = torch.randn(classes, dim, generator=generator, device=device)
+        features = centres[labels].add_(features, alpha=COLLAPSED_SPREAD)
     return features, labels
 
 

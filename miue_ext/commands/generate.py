@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     method.add_argument("--augment-perturbation", dest="perturb_augment", action="store_true", default=None,
                         help="every perturbation step sees a random 4-pixel shift and flip of x + delta (the "
                              "victim's standard augmentation; not in the paper, and no better on patches)")
+    method.add_argument("--perturb-flip", dest="perturb_flip", action="store_true", default=None,
+                        help="randomly flip the clean image (not delta) in the perturbation stage too, as the "
+                             "authors' released command does")
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
     method.add_argument("--stop-accuracy", type=float, metavar="PERCENT",
                         help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
@@ -113,6 +116,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         eps=None if args.eps is None else args.eps / 255, alpha_start=alpha_start, alpha_end=alpha_end,
         zeta=args.zeta, temperature=args.temperature, batch_size=args.batch_size,
         poison_batch_size=args.poison_batch_size, lr=args.lr, flip=args.flip, perturb_augment=args.perturb_augment,
+        perturb_flip=args.perturb_flip,
         random_start=args.random_start,
         stop_accuracy=stop, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, checkpoint_every=args.checkpoint_every,

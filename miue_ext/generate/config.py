@@ -37,6 +37,10 @@ class GenerationConfig:
     weight_decay: float = 1e-4
     lr_min: float = 1e-6  # cosine decay floor
     flip: bool = True  # random horizontal flip of the clean image while training the surrogate
+    # Random horizontal flip of the clean image in the perturbation stage (one draw per sample
+    # and epoch; delta itself is not flipped): what the authors' released command does, since
+    # their perturbation stage reads images through the training loader. See docs/fidelity.md.
+    perturb_flip: bool = False
     perturb_augment: bool = False  # each perturbation step sees a random 4-pixel shift + flip of x + delta
     random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
     stop_accuracy: float | None = None  # EM's stop rule: stop once poisoned-train accuracy exceeds it
@@ -95,4 +99,4 @@ class GenerationConfig:
     # Settings that may change between a checkpoint and its resumption without changing the result.
     RESUMABLE_CHANGES = ("compile", "checkpoint_every")
     # Settings added after checkpoints already existed, with the behaviour those checkpoints had.
-    ADDED_LATER = {"perturb_augment": False}
+    ADDED_LATER = {"perturb_augment": False, "perturb_flip": False}

@@ -252,9 +252,12 @@ class _Run:
         bar = self.progress.stage("perturb", poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
         augment = steps.RandomShiftFlip(_epoch_generator(cfg.seed, epoch, 2)) if cfg.perturb_augment else None
+        perturb_flips = None
+        if cfg.perturb_flip:  # drawn for all N samples, so every rank agrees on every sample's flip
+            perturb_flips = (torch.rand(self.n, generator=_epoch_generator(cfg.seed, epoch, 3)) < 0.5).to(dev)
         loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, poison_order,
                            cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
-                           bar.perturb_update, augment=augment)
+                           bar.perturb_update, augment=augment, flip_mask=perturb_flips)
         bar.close()
         if self.dist is not None:
             loss_sum = self._share_perturbation(order, loss_sum)

@@ -101,10 +101,13 @@ def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, 
 
 def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
                        steps: int, alpha: float, eps: float, amp, channels_last: bool,
-                       on_batch: Callable[[torch.Tensor, int], None], augment=None) -> torch.Tensor:
+                       on_batch: Callable[[torch.Tensor, int], None], augment=None,
+                       flip_mask=None) -> torch.Tensor:
     """K sign-gradient steps on every poison batch, updating rows of `delta` in place.
     `augment` (e.g. RandomShiftFlip) transforms x + delta before the surrogate sees it, so
-    each step follows the gradient for one random view of the image.
+    each step follows the gradient for one random view of the image. `flip_mask` [N] flips
+    the clean image x (not delta) of the marked samples for all K steps; the [0, 1]
+    projection is then against the flipped image, as in the authors' loop.
 
     `order` is the (shuffled) list of sample indices this process owns: all of them today;
     a multi-GPU run would pass each rank its shard, e.g. order[rank::world_size].
@@ -116,6 +119,9 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
     for index in batches(order, batch_size):
         x = images.index_select(0, index).float().div_(255)
         y = labels.index_select(0, index)
+        if flip_mask is not None:
+            flip = flip_mask.index_select(0, index).view(-1, 1, 1, 1)
+            x = torch.where(flip, x.flip(2), x)  # axis 2 of NHWC is the width
         for _ in range(steps):
             inputs = (x + delta.index_select(0, index)).requires_grad_(True)
             seen = inputs if augment is None else augment(inputs)
@@ -133,7 +139,8 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
 
 def perturb_classwise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
                       steps: int, alpha: float, eps: float, amp, channels_last: bool,
-                      on_batch: Callable[[torch.Tensor, int], None], augment=None) -> torch.Tensor:
+                      on_batch: Callable[[torch.Tensor, int], None], augment=None,
+                      flip_mask=None) -> torch.Tensor:
     """Class-wise: one delta per class; its gradient sums over the batch's samples of that class.
 
     A shared delta cannot be projected onto [0, 1] for every image at once, so only the eps
@@ -143,6 +150,9 @@ def perturb_classwise(surrogate, objective: Objective, images, labels, delta, or
     for index in batches(order, batch_size):
         x = images.index_select(0, index).float().div_(255)
         y = labels.index_select(0, index)
+        if flip_mask is not None:
+            flip = flip_mask.index_select(0, index).view(-1, 1, 1, 1)
+            x = torch.where(flip, x.flip(2), x)
         for _ in range(steps):
             leaf = delta.detach().requires_grad_(True)
             inputs = (x + leaf.index_select(0, y)).clamp(0, 1)
