@@ -135,7 +135,7 @@ EOF
 device_tests() {  # the tests that exercise the device under test; on a CPU rehearsal, the CPU ops
   local select="cuda"
   [[ $DEVICE == cpu ]] && select="cpu and (test_ops_precision or test_ops_loss or test_ops_pgd)"
-  "$PYTHON" -m pytest python_tests -m "not slow" -k "$select" -q -p no:cacheprovider -rfE -x --maxfail=20 \
+  "$PYTHON" -m pytest python_tests -m "not slow" -k "$select" -q -p no:cacheprovider -rfE --maxfail=20 \
     -o addopts="" 2>&1 || return 1
 }
 

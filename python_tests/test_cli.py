@@ -166,3 +166,19 @@ def test_evaluate_refuses_torchrun(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", "--poison", "clean", "--out", str(tmp_path / "report")]) == 2
     assert "does not run under torchrun" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("epochs, start", [(100, 0.2), (200, 0.2), (20, 1.0), (10, 2.0), (1, 20.0)])
+def test_alpha_auto_scales_the_first_step_to_the_run(epochs, start):
+    """auto = the paper's schedule at 100 epochs (or more); shorter runs start 100/E times bigger,
+    and every schedule ends at the paper's 4/(255 K)."""
+    config = _parsed_config(["--alpha", "auto", "--epochs", str(epochs), "--steps", "10"])
+    assert config.alpha_at(1) == pytest.approx(start / 255)
+    if epochs > 1:
+        assert config.alpha_at(epochs) == pytest.approx(0.4 / 255)
+        middle = config.alpha_at((epochs + 1) // 2)
+        assert min(start, 0.4) / 255 <= middle <= max(start, 0.4) / 255
+
+
+def test_perturb_flip_option_reaches_the_config():
+    assert _parsed_config(["--perturb-flip"]).perturb_flip and not _parsed_config([]).perturb_flip

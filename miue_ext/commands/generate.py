@@ -44,8 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    f"{CPU_DEFAULT_EPOCHS} on CPU)")
     method.add_argument("--steps", type=int, metavar="K", help="perturbation steps K per batch and epoch (default 10)")
     method.add_argument("--eps", type=float, metavar="PIXELS", help="L-inf budget in 1/255 units (default 8)")
-    method.add_argument("--alpha", metavar="A|START:END", help="step size in 1/255 units: A, or START:END for a linear schedule "
-                                        "over the epochs (default 0.2:4/K)")
+    method.add_argument("--alpha", metavar="A|START:END|auto", help="step size in 1/255 units: A, or START:END for a "
+                        "linear schedule over the epochs (default 0.2:4/K, the paper's); auto: START scaled by "
+                        "100/epochs (20 epochs: 1:4/K), the paper's at 100 epochs")
     method.add_argument("--zeta", type=float, metavar="Z",
                         help="weight of L_dist (default 0, the authors' released setting; the paper's full method: 0.1)")
     method.add_argument("--temperature", type=float, metavar="T", help="temperature of L_sim (default 0.1)")
@@ -86,11 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="under torchrun: how long a rank waits for the others before the job fails (default 300)")
 
 
-def _alpha(text: str | None) -> tuple[float | None, float | None]:
+def _alpha(text: str | None, epochs: int) -> tuple[float | None, float | None]:
     from miue_ext.errors import InputError
+    from miue_ext.generate.config import auto_alpha_start
 
     if text is None:
         return None, None
+    if text == "auto":
+        return auto_alpha_start(epochs), None
     try:
         parts = [float(part) / 255 for part in text.split(":")]
     except ValueError:
@@ -104,13 +108,15 @@ def build_config(args: argparse.Namespace, device_type: str):
     from miue_ext.errors import InputError
     from miue_ext.generate import GenerationConfig
 
-    alpha_start, alpha_end = _alpha(args.alpha)
     stop = None if args.stop_accuracy is None else args.stop_accuracy / 100
     if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 255):
         raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
     epochs = args.epochs
     if epochs is None:
         epochs = GPU_DEFAULT_EPOCHS if device_type == "cuda" else CPU_DEFAULT_EPOCHS
+    if epochs < 1:
+        raise InputError(f"--epochs must be >= 1, got {epochs}")
+    alpha_start, alpha_end = _alpha(args.alpha, epochs)
     config = GenerationConfig.for_method(
         args.method, objective=args.objective, mode=args.mode, epochs=epochs, steps=args.steps,
         eps=None if args.eps is None else args.eps / 255, alpha_start=alpha_start, alpha_end=alpha_end,

@@ -12,6 +12,16 @@ from dataclasses import dataclass
 from miue_ext.errors import InputError
 
 OBJECTIVES = ("mi", "sim", "cos", "ce")
+PAPER_EPOCHS = 100
+PAPER_ALPHA_START = 0.2 / 255
+
+
+def auto_alpha_start(epochs: int) -> float:
+    """First step size of `--alpha auto`: the paper's 0.2/255 at its 100 epochs, scaled by
+    100 / E for shorter runs (E = 20: 1/255, E = 10: 2/255), so that a short run's first
+    epochs move the perturbation as far towards its budget as the paper's first 100/E epochs
+    do. The schedule then moves linearly to the paper's final 4/(255 K), as the paper's does."""
+    return PAPER_ALPHA_START * max(1.0, PAPER_EPOCHS / epochs)
 METHODS = ("miue", "em")
 MODES = ("samplewise", "classwise")
 
@@ -24,7 +34,7 @@ class GenerationConfig:
     steps: int = 10  # K: sign-gradient steps per poison batch and epoch
     eps: float = 8 / 255  # L-inf budget
     alpha_start: float = 0.2 / 255  # step size at epoch 1 ...
-    alpha_end: float | None = None  # ... falling linearly to this at epoch E; None: 4 / (255 K)
+    alpha_end: float | None = None  # ... moving linearly to this at epoch E; None: 4 / (255 K)
     # Weight of L_dist. 0 = the authors' released command (L_sim only); the paper's full method
     # uses 0.1, which its ablation finds no better (CIFAR-10 9.95% vs 10.09%) and which was worse
     # in our patches runs (victim 64.8% and 56.0% final vs 43.6% and 51.9% with 0; docs/evaluation.md).
