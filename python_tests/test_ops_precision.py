@@ -119,11 +119,11 @@ def test_global_reduced_precision_does_not_change_the_loss(device_type, reduced_
 @pytest.mark.cuda
 def test_tf32_would_be_visible_here(reduced_precision_matmul):
     """Control for the test above: with these settings a plain float32 product really runs in
-    TF32 (relative error ~1e-3, float32 gives ~1e-7), so passing it means the op pinned float32."""
+    TF32 (relative error ~1e-4, float32 gives ~1e-7), so passing it means the op pinned float32."""
     a = torch.randn(512, 512, device="cuda")
     exact = a.double() @ a.double().T
     error = ((a @ a.T).double() - exact).abs().max() / exact.abs().max()
-    assert error > 1e-4
+    assert error > 1e-5  # 9e-5 measured on an H100 (2026-11-27)
 
 
 @pytest.mark.parametrize("argument", ["grad", "row_stats", "gram"])
