@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help=f"victim epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
                                               f"{CPU_DEFAULT_EPOCHS} on CPU)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, help="SGD learning rate, cosine decay to 0 (default 0.1; 0.01 for "
+    p.add_argument("--lr", type=float, help="SGD learning rate, cosine decay to 0 (default 0.1; 0.03 for "
                                             "plaincnn, which has no batch norm)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)

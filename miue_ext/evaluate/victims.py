@@ -9,7 +9,7 @@ optimised against.
                CUDA, where the default surrogate is ResNet-18.
     plaincnn   a second family: a VGG-style CNN with no batch norm and with dropout (channels
                32-64-128, two 3x3 convolutions per stage, a 256-unit hidden layer). Without
-               batch norm it needs a smaller learning rate (0.01 by default, see
+               batch norm it needs a smaller learning rate (0.03 by default, see
                DEFAULT_LR); batch-norm statistics are one route by which a poison can steer a
                victim, so a poison should be judged on a model without them too.
     resnet18, smallcnn   as in miue_ext.models.
@@ -28,9 +28,9 @@ from miue_ext.models import BasicBlock, build_model
 
 VICTIM_NAMES = ("resnet10", "plaincnn", "vgg11", "resnet18", "smallcnn")
 DEFAULT_VICTIM = {"cpu": "resnet10", "cuda": "vgg11"}  # the generators' defaults are smallcnn / resnet18
-# SGD learning rate when --lr is not given; a network without batch norm diverges at 0.1
-# (plaincnn on clean patches: see docs/evaluation.md).
-DEFAULT_LR = {"plaincnn": 0.01}
+# SGD learning rate when --lr is not given. A network without batch norm needs a smaller one;
+# plaincnn on clean patches, 30 epochs: 70.6% at 0.03, 67.4% at 0.01 (docs/evaluation.md).
+DEFAULT_LR = {"plaincnn": 0.03}
 STANDARD_LR = 0.1
 
 
@@ -93,6 +93,12 @@ class PlainCNN(nn.Module):
         self.dropout = nn.Dropout(0.5)
         self.feature_dim = hidden
         self.classifier = nn.Linear(hidden, num_classes)
+        # He initialisation: without batch norm, PyTorch's default (a smaller variance) shrinks
+        # the signal through six ReLU convolutions and the network barely starts to learn.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(self.features(x).mean(dim=(2, 3)))

@@ -1,0 +1,71 @@
+"""MI-UE's own operating point: same-class features nearly parallel (a converged poison drives
+their cosines past 0.99). Values and gradients against the float64 reference, exact duplicates
+(distance 0) among them, and a backward that is bit-identical from run to run."""
+import pytest
+import torch
+
+import miue_ext.ops as ops
+from helpers import assert_matches_reference
+
+SPREAD = 0.05  # noise / centre norm: same-class cosines about 0.9975
+
+
+def collapsed_problem(batch, dim, classes, device, dtype=torch.float32, spread=SPREAD, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    centres = torch.randn(classes, dim, generator=generator, dtype=torch.float64) * 3
+    features = centres[labels] + spread * 3 * torch.randn(batch, dim, generator=generator, dtype=torch.float64)
+    return features.to(device, dtype), labels.to(device)
+
+
+def same_class_cosines(features, labels):
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    cos = unit @ unit.T
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return cos[same]
+
+
+@pytest.mark.parametrize("name", ["mi_ue_loss", "sim_loss", "dist_loss", "intra_class_cosine"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch, dim, classes", [(256, 128, 10), (64, 512, 3), (100, 32, 1)])
+def test_collapsed_features_match_the_reference(name, dtype, batch, dim, classes, device):
+    features, labels = collapsed_problem(batch, dim, classes, device, dtype)
+    assert same_class_cosines(features, labels).min() > 0.995  # really the collapsed regime
+    assert_matches_reference(name, features, labels, zeta=0.1)
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-3, 1e-4])
+def test_ever_tighter_classes_float32(spread, device):
+    """Distances down to 1e-4 of the norms: the Gram identity alone would lose them entirely."""
+    features, labels = collapsed_problem(96, 64, 4, device, spread=spread, seed=1)
+    assert_matches_reference("dist_loss", features, labels)
+    assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_collapsed_with_exact_duplicates(dtype, device):
+    """Distance exactly 0 inside a collapsed class: gradient 0 for that pair, never NaN."""
+    features, labels = collapsed_problem(48, 40, 3, device, dtype, seed=2)
+    features[7] = features[3]
+    labels[7] = labels[3]
+    features[20:23] = features[19]
+    labels[20:23] = labels[19]
+    _, grad = assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1)
+    assert torch.isfinite(grad).all()
+    _, grad = assert_matches_reference("dist_loss", features, labels)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("kind", ["random", "collapsed"])
+def test_repeated_backward_is_bit_identical(kind, device):
+    if kind == "collapsed":
+        features, labels = collapsed_problem(512, 256, 10, device, seed=3)
+    else:
+        features = torch.randn(512, 256, device=device)
+        labels = torch.randint(0, 10, (512,), device=device)
+    grads = []
+    for _ in range(3):
+        leaf = features.clone().requires_grad_(True)
+        ops.mi_ue_loss(leaf, labels, 0.1, 0.1).backward()
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
