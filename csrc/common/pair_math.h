@@ -76,14 +76,15 @@ MIUE_HD acc_t norm_from_scaled(acc_t biggest, acc_t scaled_square_sum) {
   return biggest * sqrt_acc(scaled_square_sum);
 }
 
-// |f_i - f_j| computed directly, scaled by s so that huge features do not overflow.
+// |f_i - f_j| computed directly, scaled by s so that huge features do not overflow. The
+// generic loop (float64 on the CPU); the CPU float32 path and the CUDA kernels have their own
+// vectorised / block-cooperative versions of the same formula.
 template <typename acc_t>
-MIUE_HD acc_t exact_distance(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t s) {
-  const acc_t* fi = v.features + i * v.D;
-  const acc_t* fj = v.features + j * v.D;
+MIUE_HD acc_t exact_distance(const acc_t* fi, const acc_t* fj, int64_t D, acc_t s) {
+  const acc_t inv_s = acc_t(1) / s;
   acc_t sum = 0;
-  for (int64_t k = 0; k < v.D; ++k) {
-    const acc_t d = (fi[k] - fj[k]) / s;
+  for (int64_t k = 0; k < D; ++k) {
+    const acc_t d = (fi[k] - fj[k]) * inv_s;
     sum += d * d;
   }
   return s * sqrt_acc(sum);
@@ -91,11 +92,16 @@ MIUE_HD acc_t exact_distance(const LossView<acc_t>& v, int64_t i, int64_t j, acc
 
 template <typename acc_t>
 struct PairDistance {
-  acc_t r;     // |f_i - f_j|
-  bool exact;  // recomputed from the features (near-duplicate pair)
+  acc_t r;      // |f_i - f_j| when !exact
+  bool exact;   // near-duplicate: r must be recomputed from the features (exact_distance) ...
+  acc_t scale;  // ... with this scale
 };
 
-// |f_i - f_j| from the cosine c_ij of the Gram matrix, with the near-duplicate fallback.
+// |f_i - f_j| from the cosine c_ij of the Gram matrix, or the verdict that the pair is a
+// near-duplicate whose distance the Gram identity cannot give (it cancels), in which case the
+// caller computes it from the rows. Callers handle near-duplicates in their own way: the CPU
+// inline per row, the CUDA kernels cooperatively per block after the pass over the row (so
+// that every D-long loop is coalesced and every output element has one writer).
 template <typename acc_t>
 MIUE_HD PairDistance<acc_t> pair_distance(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t c_ij) {
   const acc_t n_i = v.norms[i], n_j = v.norms[j];
@@ -104,21 +110,29 @@ MIUE_HD PairDistance<acc_t> pair_distance(const LossView<acc_t>& v, int64_t i, i
   const acc_t inv_s = acc_t(1) / s;
   const acc_t a = n_i * inv_s, b = n_j * inv_s;
   const acc_t q = (a - b) * (a - b) + acc_t(2) * (a * b - (nc_i * inv_s) * (nc_j * inv_s) * c_ij);
-  if (!(q >= acc_t(kRecomputeBelow))) return {exact_distance(v, i, j, s), true};
-  return {s * sqrt_acc(q), false};
+  if (!(q >= acc_t(kRecomputeBelow))) return {acc_t(0), true, s};
+  return {s * sqrt_acc(q), false, s};
 }
 
-// Forward contribution of pair (i, j) to row i's sums (shifted by m_i).
-template <typename acc_t>
+// Forward contribution of pair (i, j) to row i's sums (shifted by m_i). A near-duplicate
+// same-class pair adds nothing here; on_exact(j, scale) is called for it instead.
+template <typename acc_t, typename OnExact>
 MIUE_HD void forward_pair(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t c_ij, acc_t m_i,
-                          acc_t offset_i, acc_t& same_sum, acc_t& all_sum, acc_t& dist_sum) {
+                          acc_t offset_i, acc_t& same_sum, acc_t& all_sum, acc_t& dist_sum, OnExact on_exact) {
   const bool same = v.labels[i] == v.labels[j];
   if (v.sim_weight != acc_t(0)) {
     const acc_t e = std::exp(c_ij * v.inv_t - m_i) + offset_i;
     all_sum += e;
     if (same) same_sum += e;
   }
-  if (v.dist_weight != acc_t(0) && same && j != i) dist_sum += pair_distance(v, i, j, c_ij).r;
+  if (v.dist_weight != acc_t(0) && same && j != i) {
+    const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
+    if (d.exact) {
+      on_exact(j, d.scale);
+    } else {
+      dist_sum += d.r;
+    }
+  }
 }
 
 template <typename acc_t>
@@ -141,7 +155,8 @@ MIUE_HD acc_t finish_row_loss(const LossView<acc_t>& v, acc_t same_sum, acc_t al
 // and a row correction (normalisation backward and the f_i side of the distances) that lands
 // on the diagonal: M_ii += g * (nc_i sum_j W_ij - [n_i >= 1e-8] sum_j H_ij c_ij / nc_i).
 // For near-duplicate pairs W_ij (f_i - f_j) would cancel catastrophically inside M Z, so those
-// pairs add g W_ij (f_i - f_j) straight into row i of the output instead (`add_direct`).
+// pairs are left out of M and their g W_ij (f_i - f_j) is added to row i of the output directly
+// (exact_pair_coefficient gives g W_ij once the caller has recomputed |f_i - f_j|).
 // Returns M_ij without g and adds the pair's share of the two row sums (w_sum holds nc_i W_ij).
 template <typename acc_t>
 MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
@@ -160,34 +175,42 @@ MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* st
   return h / clamped_norm(v.norms[i]);
 }
 
-// For a same-class pair j != i.
-template <typename acc_t, typename AddDirect>
-MIUE_HD acc_t backward_pair_distance(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
-                                     acc_t c_ij, acc_t upstream, acc_t& w_sum, AddDirect add_direct) {
-  const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
-  if (d.r == acc_t(0)) return acc_t(0);  // |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN propagates
+// g W_ij for a near-duplicate pair whose distance r the caller recomputed: the factor of
+// (f_i - f_j) in row i's gradient. |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN propagates.
+template <typename acc_t>
+MIUE_HD acc_t exact_pair_coefficient(const acc_t* stats, int64_t i, int64_t j, acc_t r, acc_t upstream) {
+  if (r == acc_t(0)) return acc_t(0);
   const acc_t w_i = stats[i * kNumRowStats + kDistSlope];
   const acc_t w_j = stats[j * kNumRowStats + kDistSlope];
+  return upstream * (w_i + w_j) / r;
+}
+
+// For a same-class pair j != i: its share of M_ij (without g). A near-duplicate pair has none;
+// on_exact(j, scale) is called for it instead.
+template <typename acc_t, typename OnExact>
+MIUE_HD acc_t backward_pair_distance(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
+                                     acc_t c_ij, acc_t& w_sum, OnExact on_exact) {
+  const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
   if (d.exact) {
-    const acc_t* fi = v.features + i * v.D;
-    const acc_t* fj = v.features + j * v.D;
-    const acc_t coef = upstream * (w_i + w_j);
-    for (int64_t k = 0; k < v.D; ++k) add_direct(k, coef * ((fi[k] - fj[k]) / d.r));
+    on_exact(j, d.scale);
     return acc_t(0);
   }
+  if (d.r == acc_t(0)) return acc_t(0);  // gradient 0 at distance 0; NaN propagates
+  const acc_t w_i = stats[i * kNumRowStats + kDistSlope];
+  const acc_t w_j = stats[j * kNumRowStats + kDistSlope];
   // norm / r first: W_ij = (w_i + w_j) / r alone underflows for huge features
   const acc_t inv_r = acc_t(1) / d.r;
   w_sum += (w_i + w_j) * (clamped_norm(v.norms[i]) * inv_r);
   return -(w_i + w_j) * (clamped_norm(v.norms[j]) * inv_r);
 }
 
-template <typename acc_t, typename AddDirect>
+template <typename acc_t, typename OnExact>
 MIUE_HD acc_t backward_pair(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
-                            acc_t c_ij, acc_t upstream, acc_t& w_sum, acc_t& hc_sum, AddDirect add_direct) {
+                            acc_t c_ij, acc_t& w_sum, acc_t& hc_sum, OnExact on_exact) {
   acc_t m_ij = 0;
   if (v.sim_weight != acc_t(0)) m_ij += backward_pair_similarity(v, stats, i, j, c_ij, hc_sum);
   if (v.dist_weight != acc_t(0) && j != i && v.labels[i] == v.labels[j])
-    m_ij += backward_pair_distance(v, stats, i, j, c_ij, upstream, w_sum, add_direct);
+    m_ij += backward_pair_distance(v, stats, i, j, c_ij, w_sum, on_exact);
   return m_ij;
 }
 

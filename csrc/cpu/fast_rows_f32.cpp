@@ -1,6 +1,7 @@
 #include "fast_rows_f32.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace miue {
@@ -60,6 +61,24 @@ float backward_row_similarity(const float* gram_row, const ColumnTables& cols, i
     coeff_row[j] = coeff_scale * h;
   }
   return hc_sum;
+}
+
+MIUE_SIMD_CLONES
+float exact_distance(const float* fi, const float* fj, int64_t dim, float scale) {
+  const float inv_scale = 1.0f / scale;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < dim; ++k) {
+    const float d = (fi[k] - fj[k]) * inv_scale;
+    sum += d * d;
+  }
+  return scale * std::sqrt(sum);
+}
+
+MIUE_SIMD_CLONES
+void add_scaled_difference(float* out, const float* fi, const float* fj, int64_t dim, float coef) {
+#pragma omp simd
+  for (int64_t k = 0; k < dim; ++k) out[k] += coef * (fi[k] - fj[k]);
 }
 
 }  // namespace fast_f32

@@ -1,6 +1,6 @@
 // float32 fast path of the CPU row kernels: the O(B^2) exponentials run in loops the compiler
 // vectorises (a branch-free exp, `omp simd` reductions, AVX2 clones chosen at load time), and
-// only same-class pairs take the scalar distance path. float64 keeps the generic per-pair code
+// only same-class pairs take the distance path (near-duplicates through vectorised row loops). float64 keeps the generic per-pair code
 // of pair_math.h, which is also what the CUDA kernels run, so float64 tests cover that code.
 #pragma once
 #include <cstdint>
@@ -55,6 +55,12 @@ struct ColumnTables {
 };
 float backward_row_similarity(const float* gram_row, const ColumnTables& cols, int64_t batch, int64_t i,
                               float inv_t, float scale, float coeff_scale, float* coeff_row);
+
+// pair_math.h's exact_distance and the near-duplicate gradient row update, vectorised: the
+// pairs of a collapsed class (MI-UE's operating point) all take this path.
+float exact_distance(const float* fi, const float* fj, int64_t dim, float scale);
+// out[k] += coef * (fi[k] - fj[k])
+void add_scaled_difference(float* out, const float* fi, const float* fj, int64_t dim, float coef);
 
 }  // namespace fast_f32
 }  // namespace miue

@@ -83,11 +83,22 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
             all_sum = sums.all_sum;
           }
           if (v.dist_weight != 0) {
-            for (int64_t j = 0; j < v.B; ++j)
-              if (ids[j] == ids[i] && j != i) dist_sum += pair_distance(v, i, j, g_row[j]).r;
+            const float* fi = v.features + i * v.D;
+            for (int64_t j = 0; j < v.B; ++j) {
+              if (ids[j] != ids[i] || j == i) continue;
+              const PairDistance<float> d = pair_distance(v, i, j, g_row[j]);
+              dist_sum += d.exact ? fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale) : d.r;
+            }
           }
         } else {
-          for (int64_t j = 0; j < v.B; ++j) forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum);
+          const scalar_t* fi = v.features + i * v.D;
+          scalar_t exact_sum = 0;
+          const auto on_exact = [&](int64_t j, scalar_t scale) {
+            exact_sum += exact_distance(fi, v.features + j * v.D, v.D, scale);
+          };
+          for (int64_t j = 0; j < v.B; ++j)
+            forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum, on_exact);
+          dist_sum += exact_sum;
         }
         scalar_t* s = st + i * kNumRowStats;
         s[kShift] = m_i;
@@ -144,7 +155,18 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
         const scalar_t* g_row = g + r * v.B;
         scalar_t* m_row = m + r * v.B;
         scalar_t* out_row = out + r * v.D;  // only this task writes row r
-        const auto add_direct = [out_row](int64_t k, scalar_t value) { out_row[k] += value; };
+        const scalar_t* fi = v.features + i * v.D;
+        // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i.
+        const auto on_exact = [&](int64_t j, scalar_t scale) {
+          const scalar_t* fj = v.features + j * v.D;
+          if constexpr (kFast) {
+            const float coef = exact_pair_coefficient(st, i, j, fast_f32::exact_distance(fi, fj, v.D, scale), upstream);
+            fast_f32::add_scaled_difference(out_row, fi, fj, v.D, coef);
+          } else {
+            const scalar_t coef = exact_pair_coefficient(st, i, j, exact_distance(fi, fj, v.D, scale), upstream);
+            for (int64_t k = 0; k < v.D; ++k) out_row[k] += coef * (fi[k] - fj[k]);
+          }
+        };
         if constexpr (kFast) {
           if (v.sim_weight != 0) {
             const float scale = -v.sim_weight * v.inv_t / float(v.B);
@@ -156,11 +178,11 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
           if (v.dist_weight != 0) {
             for (int64_t j = 0; j < v.B; ++j)
               if (cols.ids[j] == cols.ids[i] && j != i)
-                m_row[j] += upstream * backward_pair_distance(v, st, i, j, g_row[j], upstream, w_sum, add_direct);
+                m_row[j] += upstream * backward_pair_distance(v, st, i, j, g_row[j], w_sum, on_exact);
           }
         } else {
           for (int64_t j = 0; j < v.B; ++j)
-            m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], upstream, w_sum, hc_sum, add_direct);
+            m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], w_sum, hc_sum, on_exact);
         }
         m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
       }

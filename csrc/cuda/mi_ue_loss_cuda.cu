@@ -1,5 +1,6 @@
 // CUDA row kernels of the fused MI-UE loss: one block per row, threads striding over the
-// Gram row with the per-pair arithmetic shared with the CPU (pair_math.h).
+// Gram row with the per-pair arithmetic shared with the CPU (pair_math.h). No atomics: every
+// output element has one writer, so the kernels are deterministic.
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,17 +35,62 @@ __global__ void normalize_rows_kernel(const T* features, T* unit, T* norms, int6
   for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) unit[i * cols + k] = row[k] / nc;
 }
 
+// Near-duplicate pairs (pair_distance's `exact`) are handled by the whole block together, one
+// pair at a time in j order: the D-long loops over f_i - f_j are coalesced, every element of the
+// output row has one writer (no atomics: the backward is deterministic), and a collapsed class,
+// whose pairs are all near-duplicates, costs a few coalesced row reads per pair instead of a
+// serial D-long walk per thread. The row is walked in chunks of blockDim.x columns; each thread
+// flags its column, then the block works through the flagged ones.
+template <typename T>
+struct FlagExact {
+  bool* flag;
+  T* scale;
+  __device__ void operator()(int64_t, T s) const {
+    *flag = true;
+    *scale = s;
+  }
+};
+
+// |f_i - f_j| (scaled as in exact_distance), computed by all threads of the block.
+template <typename T>
+__device__ T block_exact_distance(const LossView<T>& v, int64_t i, int64_t j, T scale) {
+  const T* fi = v.features + i * v.D;
+  const T* fj = v.features + j * v.D;
+  const T inv_scale = T(1) / scale;
+  T sum = 0;
+  for (int64_t k = threadIdx.x; k < v.D; k += blockDim.x) {
+    const T d = (fi[k] - fj[k]) * inv_scale;
+    sum += d * d;
+  }
+  return scale * std::sqrt(block_all_reduce(sum, SumOp()));
+}
+
 template <typename T>
 __global__ void rows_forward_kernel(LossView<T> v, const T* gram, int64_t row0, T* stats, T* row_loss) {
+  __shared__ bool exact_flag[kThreads];
+  __shared__ T exact_scale[kThreads];
   const int64_t r = blockIdx.x, i = row0 + r;
   const T m_i = row_shift(v.norms[i], v.inv_t);
   const T offset_i = T(kExpOffset) * std::exp(-m_i);
-  T same_sum = 0, all_sum = 0, dist_sum = 0;
-  for (int64_t j = threadIdx.x; j < v.B; j += blockDim.x)
-    forward_pair(v, i, j, gram[r * v.B + j], m_i, offset_i, same_sum, all_sum, dist_sum);
+  T same_sum = 0, all_sum = 0, dist_sum = 0, exact_sum = 0;
+  for (int64_t base = 0; base < v.B; base += blockDim.x) {
+    const int64_t j = base + threadIdx.x;
+    bool flag = false;
+    T scale = 0;
+    if (j < v.B)
+      forward_pair(v, i, j, gram[r * v.B + j], m_i, offset_i, same_sum, all_sum, dist_sum,
+                   FlagExact<T>{&flag, &scale});
+    exact_flag[threadIdx.x] = flag;
+    exact_scale[threadIdx.x] = scale;
+    if (__syncthreads_or(flag)) {  // a barrier too: the flags are visible to all threads
+      for (int t = 0; t < blockDim.x; ++t)
+        if (exact_flag[t]) exact_sum += block_exact_distance(v, i, base + t, exact_scale[t]);  // same on all threads
+    }
+    __syncthreads();  // the flags are rewritten by the next chunk
+  }
   same_sum = block_all_reduce(same_sum, SumOp());
   all_sum = block_all_reduce(all_sum, SumOp());
-  dist_sum = block_all_reduce(dist_sum, SumOp());
+  dist_sum = block_all_reduce(dist_sum, SumOp()) + exact_sum;
   if (threadIdx.x == 0) {
     T* s = stats + i * kNumRowStats;
     s[kShift] = m_i;
@@ -55,24 +101,37 @@ __global__ void rows_forward_kernel(LossView<T> v, const T* gram, int64_t row0, 
   }
 }
 
-// Near-duplicate pairs of one row are spread over the block's threads, hence the atomics.
-template <typename T>
-struct AtomicAddToRow {
-  T* row;
-  __device__ void operator()(int64_t k, T value) const { atomicAdd(row + k, value); }
-};
-
 // `coeff` may alias `gram`: each element is read before the same thread overwrites it.
 template <typename T>
 __global__ void rows_backward_kernel(LossView<T> v, const T* gram, int64_t row0, const T* stats,
                                      const T* grad, T* coeff, T* direct) {
+  __shared__ bool exact_flag[kThreads];
+  __shared__ T exact_scale[kThreads];
   const int64_t r = blockIdx.x, i = row0 + r;
   const T upstream = grad[0];
+  const T* fi = v.features + i * v.D;
+  T* out = direct + r * v.D;  // only this block writes row r
   T w_sum = 0, hc_sum = 0;
-  for (int64_t j = threadIdx.x; j < v.B; j += blockDim.x) {
-    const T c_ij = gram[r * v.B + j];
-    coeff[r * v.B + j] =
-        upstream * backward_pair(v, stats, i, j, c_ij, upstream, w_sum, hc_sum, AtomicAddToRow<T>{direct + r * v.D});
+  for (int64_t base = 0; base < v.B; base += blockDim.x) {
+    const int64_t j = base + threadIdx.x;
+    bool flag = false;
+    T scale = 0;
+    if (j < v.B) {
+      const T c_ij = gram[r * v.B + j];
+      coeff[r * v.B + j] = upstream * backward_pair(v, stats, i, j, c_ij, w_sum, hc_sum, FlagExact<T>{&flag, &scale});
+    }
+    exact_flag[threadIdx.x] = flag;
+    exact_scale[threadIdx.x] = scale;
+    if (__syncthreads_or(flag)) {
+      for (int t = 0; t < blockDim.x; ++t) {
+        if (!exact_flag[t]) continue;  // the same on all threads
+        const int64_t jt = base + t;
+        const T* fj = v.features + jt * v.D;
+        const T coef = exact_pair_coefficient(stats, i, jt, block_exact_distance(v, i, jt, exact_scale[t]), upstream);
+        for (int64_t k = threadIdx.x; k < v.D; k += blockDim.x) out[k] += coef * (fi[k] - fj[k]);
+      }
+    }
+    __syncthreads();
   }
   w_sum = block_all_reduce(w_sum, SumOp());
   hc_sum = block_all_reduce(hc_sum, SumOp());
