@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     json_path, grid_path = args.json or f"{stem}_stats.json", args.grid or f"{stem}_grid.png"
     if args.columns < 1:
         raise InputError(f"--columns must be >= 1, got {args.columns}")
+    from miue_ext.output_safety import check_output_path
+
+    check_output_path(json_path, "--json", [("the poison file", args.poison), ("the --grid file", grid_path)])
+    check_output_path(grid_path, "--grid", [("the poison file", args.poison)])
     for path in (json_path, grid_path):
         try:
             check_writable(path)

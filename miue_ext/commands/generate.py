@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -132,14 +131,19 @@ def build_config(args: argparse.Namespace, device_type: str):
     return config
 
 
-def _check_out(out: str) -> None:
+def _check_out(args: argparse.Namespace) -> None:
     from miue_ext.atomic import check_writable
     from miue_ext.errors import InputError
+    from miue_ext.output_safety import check_output_path, data_file_of, prepare_checkpoint_dir
 
+    out = args.out
+    check_output_path(out, "--out", [("the --data file", data_file_of(args.data)),
+                                     ("the checkpoint folder", _checkpoint_dir(args))])
     try:  # fail now, not after hours of work
         check_writable(out)
     except OSError as err:
         raise InputError(f"cannot write --out {out}: {err.strerror or err}") from None
+    prepare_checkpoint_dir(_checkpoint_dir(args), owned_by_default=args.checkpoint_dir is None, resume=args.resume)
 
 
 def _load_data(args: argparse.Namespace):
@@ -177,7 +181,9 @@ def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = 
     for line in summary_lines(result, perturbation, args.out):
         log(line)
     if args.checkpoint_dir is None and not args.keep_checkpoint:
-        shutil.rmtree(_checkpoint_dir(args), ignore_errors=True)
+        from miue_ext.output_safety import remove_owned_checkpoint_dir
+
+        remove_owned_checkpoint_dir(_checkpoint_dir(args))  # only our files, only a folder we made
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,15 +193,19 @@ def run(args: argparse.Namespace) -> int:
         return _run_distributed(args)
     from miue_ext.generate import generate, resolve_device
 
-    _check_out(args.out)
+    from miue_ext.output_safety import exclusive_use
+
+    _check_out(args)
     device = resolve_device(args.device)
     config = build_config(args, device.type)
     dataset = _load_data(args)
     log = _logger(args.progress)
     _announce(log, args, config, dataset, device)
-    result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer, device=str(device),
-                      checkpoint_dir=_checkpoint_dir(args), resume=args.resume, progress=args.progress, log=log)
-    _write_poison(args, config, dataset, result, log)
+    with exclusive_use(_checkpoint_dir(args)):
+        result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
+                          device=str(device), checkpoint_dir=_checkpoint_dir(args), resume=args.resume,
+                          progress=args.progress, log=log)
+        _write_poison(args, config, dataset, result, log)
     return 0
 
 
@@ -228,7 +238,7 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
     problem, signature, config, dataset = None, None, None, None
     try:
         if ctx.is_main:
-            _check_out(args.out)
+            _check_out(args)
         if args.download:  # several ranks would write the same files at once
             raise InputError("--download is not available under torchrun; download the data once without "
                              "torchrun (e.g. miue generate --download --epochs 1), then launch the group")

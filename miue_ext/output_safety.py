@@ -1,0 +1,116 @@
+"""Guards that keep a command from destroying what the user owns: an output path that is one
+of the inputs, or another output; an output that exists and is not a regular file (a FIFO,
+a device); a checkpoint folder that this program did not create; two runs sharing one
+checkpoint folder at once.
+
+Every guard raises InputError (one line, exit 2) before any work starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from miue_ext.errors import InputError
+
+# Written into a checkpoint folder that `miue generate` created itself: only such a folder is
+# ever deleted, and only the files the program writes there.
+OWNER_MARKER = ".miue-checkpoint"
+LOCK_NAME = ".miue-lock"
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return a.resolve() == b.resolve()
+
+
+def check_output_path(path: str | os.PathLike, option: str, inputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> None:
+    """`path` (given as `option`) must not be an input or an existing non-regular file."""
+    target = Path(path)
+    for name, other in inputs:
+        if other is not None and _same_path(target, Path(other)):
+            raise InputError(f"{option} {path} is also {name}: refusing to overwrite it; choose another file")
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise InputError(f"cannot use {option} {path}: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{option} {path} is a directory; give a file name")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{option} {path} exists and is not a regular file (a FIFO, device or socket); "
+                         "refusing to replace it")
+
+
+def data_file_of(spec: str) -> str | None:
+    """The user's file or folder behind a --data spec (npz:PATH, imagefolder:PATH), if any."""
+    for prefix in ("npz:", "imagefolder:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix):]
+    return None
+
+
+def prepare_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool, resume: bool) -> None:
+    """Before a run: a default checkpoint folder that exists must be ours (marker); a folder the
+    user named is used as it is. A new default folder is created with the marker."""
+    folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"checkpoint folder {folder} exists and is not a folder; give --checkpoint-dir")
+    if not owned_by_default:
+        return
+    if folder.is_dir():
+        if not (folder / OWNER_MARKER).is_file() and any(folder.iterdir()):
+            raise InputError(f"{folder} exists, is not empty and was not made by miue generate; it would be used "
+                             "as the checkpoint folder: move it away or give --checkpoint-dir")
+    elif resume:
+        return  # load_checkpoint reports the missing checkpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNER_MARKER).touch()
+
+
+# What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
+# a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
+WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", ".*.tmp", LOCK_NAME, OWNER_MARKER)
+
+
+def remove_owned_checkpoint_dir(directory: str | os.PathLike, patterns: Iterable[str] = WRITTEN_PATTERNS) -> None:
+    """After success: delete the files this program writes, then the folder if it is ours and
+    empty. Anything else the user put there stays."""
+    folder = Path(directory)
+    if not (folder / OWNER_MARKER).is_file():
+        return
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+    with contextlib.suppress(OSError):  # not empty: the user's files stay
+        folder.rmdir()
+
+
+@contextlib.contextmanager
+def exclusive_use(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold an advisory lock on the checkpoint folder for the run: a second run with the same
+    folder (e.g. the same --out) stops at once instead of deleting the first one's checkpoint."""
+    import fcntl
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_NAME, "a+b")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise InputError(f"another miue generate is using the checkpoint folder {folder} (same --out or "
+                                 "--checkpoint-dir); wait for it or choose another") from None
+            raise
+        yield
+    finally:
+        handle.close()

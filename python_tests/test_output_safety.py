@@ -1,0 +1,96 @@
+"""Nothing the user owns is overwritten or deleted: outputs that are inputs, non-regular files,
+checkpoint folders the program did not create, two runs sharing one checkpoint folder."""
+import os
+
+import numpy as np
+import pytest
+
+from miue_ext.cli import main
+from miue_ext.output_safety import OWNER_MARKER, exclusive_use
+
+from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+
+QUICK = ["--epochs", "1", "--steps", "1", "--no-progress"]
+
+
+@pytest.fixture
+def data_npz(tmp_path):
+    data = tiny_patches(24)
+    path = tmp_path / "in.npz"
+    np.savez(path, images=data.images, labels=data.labels)
+    return path
+
+
+def one_line_exit_2(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_out_equal_to_the_input_is_refused(data_npz, capsys):
+    before = data_npz.read_bytes()
+    one_line_exit_2(capsys, ["generate", "--data", f"npz:{data_npz}", "--out", str(data_npz), *QUICK],
+                    "is also the --data file")
+    assert data_npz.read_bytes() == before
+
+
+def test_out_through_another_name_of_the_input_is_refused(data_npz, tmp_path, capsys):
+    link = tmp_path / "alias.npz"
+    os.symlink(data_npz, link)
+    one_line_exit_2(capsys, ["generate", "--data", f"npz:{data_npz}", "--out", str(link), *QUICK],
+                    "is also the --data file")
+
+
+def test_a_foreign_folder_where_the_checkpoint_would_go_is_kept(tmp_path, capsys):
+    out = tmp_path / "mine.npz"
+    folder = tmp_path / "mine.npz.ckpt"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("x")
+    one_line_exit_2(capsys, ["generate", "--max-samples", "24", "--out", str(out), *QUICK], "was not made by miue")
+    assert (folder / "thesis.txt").read_text() == "x" and not out.exists()
+
+
+def test_own_checkpoint_folder_is_removed_but_user_files_in_it_stay(tmp_path, capsys):
+    out = tmp_path / "p.npz"
+    assert main(["generate", "--max-samples", "24", "--out", str(out), *QUICK]) == 0
+    assert out.is_file() and not (tmp_path / "p.npz.ckpt").exists()
+    # a run that a user interrupted, leaving a file of theirs in our folder: it survives the next run
+    folder = tmp_path / "q.npz.ckpt"
+    folder.mkdir()
+    (folder / OWNER_MARKER).touch()
+    (folder / "notes.txt").write_text("keep")
+    assert main(["generate", "--max-samples", "24", "--out", str(tmp_path / "q.npz"), *QUICK]) == 0
+    assert (folder / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_out_that_is_a_fifo_is_refused(tmp_path, capsys):
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    one_line_exit_2(capsys, ["generate", "--max-samples", "24", "--out", str(fifo), *QUICK], "not a regular file")
+    assert not fifo.is_file() and fifo.exists()
+
+
+def test_out_that_is_a_device_is_refused(capsys):
+    one_line_exit_2(capsys, ["generate", "--max-samples", "24", "--out", "/dev/null", *QUICK], "not a regular file")
+
+
+def test_two_runs_with_the_same_out_do_not_share_a_checkpoint_folder(tmp_path, capsys):
+    out = tmp_path / "p.npz"
+    with exclusive_use(tmp_path / "p.npz.ckpt"):  # stands in for a first run still going
+        (tmp_path / "p.npz.ckpt" / OWNER_MARKER).touch()
+        one_line_exit_2(capsys, ["generate", "--max-samples", "24", "--out", str(out), *QUICK],
+                        "another miue generate is using")
+    assert not out.exists()
+
+
+def test_stats_refuses_to_write_its_json_over_the_poison(tmp_path, capsys):
+    poison = tmp_path / "g.npz"
+    assert main(["generate", "--max-samples", "24", "--out", str(poison), *QUICK]) == 0
+    before = poison.read_bytes()
+    one_line_exit_2(capsys, ["stats", str(poison), "--json", str(poison)], "is also the poison file")
+    one_line_exit_2(capsys, ["stats", str(poison), "--grid", str(poison)], "is also the poison file")
+    one_line_exit_2(capsys, ["stats", str(poison), "--json", str(tmp_path / "x"), "--grid", str(tmp_path / "x")],
+                    "is also the --grid file")
+    assert poison.read_bytes() == before
