@@ -42,7 +42,7 @@ def check_output_path(path: str | os.PathLike, option: str, inputs: Iterable[tup
     except OSError as err:
         raise InputError(f"cannot use {option} {path}: {err.strerror or err}") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"{option} {path} is a directory; give a file name")
+        raise InputError(f"cannot write {option} {path}: it is a directory; give a file name")
     if not stat.S_ISREG(mode):
         raise InputError(f"{option} {path} exists and is not a regular file (a FIFO, device or socket); "
                          "refusing to replace it")
@@ -56,22 +56,40 @@ def data_file_of(spec: str) -> str | None:
     return None
 
 
-def prepare_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool, resume: bool) -> None:
-    """Before a run: a default checkpoint folder that exists must be ours (marker); a folder the
-    user named is used as it is. A new default folder is created with the marker."""
+def check_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -> None:
+    """Before any work: a default checkpoint folder that already exists must be one this
+    program made (marker) or empty; a folder the user named is used as it is."""
     folder = Path(directory)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"checkpoint folder {folder} exists and is not a folder; give --checkpoint-dir")
-    if not owned_by_default:
-        return
-    if folder.is_dir():
-        if not (folder / OWNER_MARKER).is_file() and any(folder.iterdir()):
-            raise InputError(f"{folder} exists, is not empty and was not made by miue generate; it would be used "
-                             "as the checkpoint folder: move it away or give --checkpoint-dir")
-    elif resume:
-        return  # load_checkpoint reports the missing checkpoint
+    if owned_by_default and folder.is_dir() and not (folder / OWNER_MARKER).is_file() and any(folder.iterdir()):
+        raise InputError(f"{folder} exists, is not empty and was not made by miue generate; it would be used "
+                         "as the checkpoint folder: move it away or give --checkpoint-dir")
+
+
+def claim_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -> bool:
+    """When the run starts: create the folder; a default one gets the marker that later allows
+    remove_owned_checkpoint_dir to delete it. Returns whether the folder was created now."""
+    folder = Path(directory)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / OWNER_MARKER).touch()
+    if owned_by_default:
+        (folder / OWNER_MARKER).touch()
+    return created
+
+
+def release_unused_checkpoint_dir(directory: str | os.PathLike, created: bool) -> None:
+    """After a run that stopped before its first checkpoint: leave no folder behind that this
+    run created and that holds nothing of value."""
+    folder = Path(directory)
+    if not created or not folder.is_dir():
+        return
+    if all(path.name in (OWNER_MARKER, LOCK_NAME) for path in folder.iterdir()):
+        for name in (OWNER_MARKER, LOCK_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 # What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
@@ -96,12 +114,12 @@ def remove_owned_checkpoint_dir(directory: str | os.PathLike, patterns: Iterable
 
 @contextlib.contextmanager
 def exclusive_use(directory: str | os.PathLike) -> Iterator[None]:
-    """Hold an advisory lock on the checkpoint folder for the run: a second run with the same
-    folder (e.g. the same --out) stops at once instead of deleting the first one's checkpoint."""
+    """Hold an advisory lock on the (existing) checkpoint folder for the run: a second run with
+    the same folder (e.g. the same --out) stops at once instead of deleting the first one's
+    checkpoint."""
     import fcntl
 
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / LOCK_NAME, "a+b")
     try:
         try:

@@ -78,8 +78,9 @@ def test_out_that_is_a_device_is_refused(capsys):
 
 def test_two_runs_with_the_same_out_do_not_share_a_checkpoint_folder(tmp_path, capsys):
     out = tmp_path / "p.npz"
+    (tmp_path / "p.npz.ckpt").mkdir()
+    (tmp_path / "p.npz.ckpt" / OWNER_MARKER).touch()
     with exclusive_use(tmp_path / "p.npz.ckpt"):  # stands in for a first run still going
-        (tmp_path / "p.npz.ckpt" / OWNER_MARKER).touch()
         one_line_exit_2(capsys, ["generate", "--max-samples", "24", "--out", str(out), *QUICK],
                         "another miue generate is using")
     assert not out.exists()

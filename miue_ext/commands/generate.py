@@ -134,7 +134,7 @@ def build_config(args: argparse.Namespace, device_type: str):
 def _check_out(args: argparse.Namespace) -> None:
     from miue_ext.atomic import check_writable
     from miue_ext.errors import InputError
-    from miue_ext.output_safety import check_output_path, data_file_of, prepare_checkpoint_dir
+    from miue_ext.output_safety import check_checkpoint_dir, check_output_path, data_file_of
 
     out = args.out
     check_output_path(out, "--out", [("the --data file", data_file_of(args.data)),
@@ -143,7 +143,7 @@ def _check_out(args: argparse.Namespace) -> None:
         check_writable(out)
     except OSError as err:
         raise InputError(f"cannot write --out {out}: {err.strerror or err}") from None
-    prepare_checkpoint_dir(_checkpoint_dir(args), owned_by_default=args.checkpoint_dir is None, resume=args.resume)
+    check_checkpoint_dir(_checkpoint_dir(args), owned_by_default=args.checkpoint_dir is None)
 
 
 def _load_data(args: argparse.Namespace):
@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_distributed(args)
     from miue_ext.generate import generate, resolve_device
 
-    from miue_ext.output_safety import exclusive_use
+    from miue_ext.errors import InputError
+    from miue_ext.output_safety import claim_checkpoint_dir, exclusive_use, release_unused_checkpoint_dir
 
     _check_out(args)
     device = resolve_device(args.device)
@@ -201,11 +202,17 @@ def run(args: argparse.Namespace) -> int:
     dataset = _load_data(args)
     log = _logger(args.progress)
     _announce(log, args, config, dataset, device)
-    with exclusive_use(_checkpoint_dir(args)):
-        result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
-                          device=str(device), checkpoint_dir=_checkpoint_dir(args), resume=args.resume,
-                          progress=args.progress, log=log)
-        _write_poison(args, config, dataset, result, log)
+    folder = _checkpoint_dir(args)
+    created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
+    try:
+        with exclusive_use(folder):
+            result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
+                              device=str(device), checkpoint_dir=folder, resume=args.resume,
+                              progress=args.progress, log=log)
+            _write_poison(args, config, dataset, result, log)
+    except InputError:  # e.g. an unknown --model: found before the first checkpoint
+        release_unused_checkpoint_dir(folder, created)
+        raise
     return 0
 
 
@@ -251,6 +258,10 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
     except InputError as err:
         problem = str(err)
     distributed.agree(ctx, problem, signature)
+    if ctx.is_main:
+        from miue_ext.output_safety import claim_checkpoint_dir
+
+        claim_checkpoint_dir(_checkpoint_dir(args), owned_by_default=args.checkpoint_dir is None)
     log = _logger(args.progress) if ctx.is_main else (lambda line: None)
     processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
     _announce(log, args, config, dataset, ctx.device.type, processes)
