@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 import miue_ext
 import miue_ext.ops as ops
 import miue_ext.reference as reference
+from miue_ext.bench import intra_class_cosine_eager
 from helpers import LOSS_OPS, assert_matches_reference
 
 ALL_OPS = list(LOSS_OPS)
@@ -90,6 +91,17 @@ def test_tiled_rows_match_untiled(name, tile_rows, device):
     assert_matches_reference(name, features, labels, tile_rows=tile_rows)
 
 
+def test_automatic_tiling_above_the_threshold(device):
+    """B = 4,200 rows: B^2 > 2^24, so the op tiles by itself (no tile_rows given) and recomputes
+    the Gram rows in the backward; values and gradients still match the float64 reference."""
+    batch = 4200
+    assert batch * batch > ops.TILE_ELEMENTS and ops._rows_per_tile(batch, 0) < batch
+    features, labels = random_problem(batch, 8, 7, device, torch.float32)
+    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, labels, 0.1, 1.0, 0.1, 0)
+    assert gram.numel() == 0  # tiled: no B x B matrix was kept
+    assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1)
+
+
 @pytest.mark.parametrize("temperature", [0.01, 0.05, 1.0, 10.0])
 def test_low_temperatures_do_not_overflow(temperature, device):
     features, labels = random_problem(64, 16, 4, device, torch.float32)
@@ -159,20 +171,31 @@ def test_miue_loss_module_in_a_training_step(device):
         torch.testing.assert_close(criterion(model(x), y), reference.mi_ue_loss(model(x).double(), y).float())
 
 
+LOW_PRECISION_FORMS = {  # fused op, eager PyTorch form, float64 reference
+    "mi_ue_loss": (lambda f, y, z: ops.mi_ue_loss(f, y, 0.1, z), lambda f, y, z: reference.mi_ue_loss_eager(f, y, 0.1, z),
+                   lambda f, y, z: reference.mi_ue_loss(f, y, 0.1, z)),
+    "intra_class_cosine": (lambda f, y, z: ops.intra_class_cosine(f, y),
+                           lambda f, y, z: intra_class_cosine_eager(f, y),
+                           lambda f, y, z: reference.intra_class_cosine(f, y)),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_within_twice_eager_error(dtype, device):
+@pytest.mark.parametrize("name, zeta", [("mi_ue_loss", 0.0), ("mi_ue_loss", 0.1), ("intra_class_cosine", None)])
+def test_low_precision_within_twice_eager_error(dtype, name, zeta, device):
     """flash-attention criterion: error vs float64 within 2x of eager PyTorch's error in dtype."""
+    fused, eager_form, exact_form = LOW_PRECISION_FORMS[name]
     features, labels = random_problem(256, 64, 10, device, torch.float32)
     low = features.to(dtype)
-    exact = reference.mi_ue_loss(low.double(), labels, 0.1, 0.0)
+    exact = exact_form(low.double(), labels, zeta)
     leaf = low.clone().requires_grad_(True)
-    ours = ops.mi_ue_loss(leaf, labels, 0.1, 0.0)
+    ours = fused(leaf, labels, zeta)
     (our_grad,) = torch.autograd.grad(ours, leaf)
     eager_leaf = low.clone().requires_grad_(True)
-    eager = reference.mi_ue_loss_eager(eager_leaf, labels, 0.1, 0.0)
+    eager = eager_form(eager_leaf, labels, zeta)
     (eager_grad,) = torch.autograd.grad(eager, eager_leaf)
     leaf64 = low.double().requires_grad_(True)
-    (exact_grad,) = torch.autograd.grad(reference.mi_ue_loss(leaf64, labels, 0.1, 0.0), leaf64)
+    (exact_grad,) = torch.autograd.grad(exact_form(leaf64, labels, zeta), leaf64)
     assert ours.dtype == dtype and our_grad.dtype == dtype
     ulp = torch.finfo(dtype).eps
     assert abs(ours.double() - exact) <= 2 * abs(eager.double() - exact) + ulp * abs(exact)
@@ -199,8 +222,8 @@ def test_random_shapes_property(batch, dim, classes, temperature, zeta, seed):
 
 
 @pytest.mark.parametrize("name", ["mi_ue_loss", "intra_class_cosine"])
-def test_gradcheck_float64(name):
-    features, labels = random_problem(12, 5, 3, "cpu")
+def test_gradcheck_float64(name, device):
+    features, labels = random_problem(12, 5, 3, device)
     fused = LOSS_OPS[name][0]
     assert torch.autograd.gradcheck(lambda f: fused(f, labels, 0.1, 0.3, 0), (features.requires_grad_(True),))
     assert torch.autograd.gradcheck(lambda f: fused(f, labels, 0.1, 0.3, 5), (features,))
