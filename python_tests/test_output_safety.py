@@ -95,3 +95,28 @@ def test_stats_refuses_to_write_its_json_over_the_poison(tmp_path, capsys):
     one_line_exit_2(capsys, ["stats", str(poison), "--json", str(tmp_path / "x"), "--grid", str(tmp_path / "x")],
                     "is also the --grid file")
     assert poison.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "0.1"], "rounds to a budget of 0 pixel levels"),
+    (["--temperature", "inf"], "temperature must be a finite number"),
+    (["--zeta", "inf"], "zeta must be a finite number"),
+    (["--zeta", "nan"], "zeta must be a finite number"),
+    (["--lr", "inf"], "learning rates must be finite"),
+    (["--seed", "99999999999999999999"], "seed must be in [0, 2^32)"),
+    (["--seed", "-1"], "seed must be in [0, 2^32)"),
+    (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_settings_end_in_one_line_and_leave_nothing(tmp_path, capsys, args, message):
+    """Each of these was a traceback or a silent zero budget before."""
+    out = tmp_path / "p.npz"
+    one_line_exit_2(capsys, ["generate", "--max-samples", "16", "--out", str(out), *QUICK, *args], message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_divergence_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path, capsys):
+    code = main(["generate", "--max-samples", "16", "--out", str(tmp_path / "p.npz"), "--lr", "1e30", *QUICK])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "no checkpoint was written yet" in err and "is kept" not in err

@@ -93,14 +93,19 @@ class GenerationConfig:
         need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         need(math.isfinite(self.eps) and 0 < self.eps <= 1, f"eps must be in (0, 255]/255, got {self.eps * 255:g}/255")
+        need(round(self.eps * 255) >= 1, f"eps {self.eps * 255:g}/255 rounds to a budget of 0 pixel levels (poisons are "
+                                         "stored in whole levels): use eps >= 0.5")
         for name in ("epochs", "steps", "batch_size", "poison_batch_size", "checkpoint_every"):
             need(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("alpha_start", "final_alpha"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"alpha must be > 0, got {value * 255:g}/255")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        need(self.zeta >= 0, f"zeta must be >= 0, got {self.zeta}")
-        need(self.lr > 0 and self.lr_min >= 0, "learning rates must be positive")
+        need(math.isfinite(self.temperature) and self.temperature > 0,
+             f"temperature must be a finite number > 0, got {self.temperature}")
+        need(math.isfinite(self.zeta) and self.zeta >= 0, f"zeta must be a finite number >= 0, got {self.zeta}")
+        need(math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_min) and self.lr_min >= 0,
+             f"learning rates must be finite and positive, got lr {self.lr}")
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2**32, f"seed must be in [0, 2^32), got {self.seed}")
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
 
     def to_dict(self) -> dict:

@@ -41,9 +41,16 @@ class GenerationResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
 
 
@@ -133,6 +140,7 @@ class _Run:
         self.progress = Progress(enabled=progress, total_epochs=config.epochs)
         self.history: list[dict] = []
         self.start_epoch, self.previous_seconds = 1, 0.0
+        self.has_checkpoint = False  # a good checkpoint exists (resumed from, or written by this run)
         self.stopped_early = False
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -164,6 +172,7 @@ class _Run:
         ckpt.restore_rng_state(state["rng"])
         self.history = list(state["history"])
         self.start_epoch, self.previous_seconds = state["epoch"] + 1, state["seconds"]
+        self.has_checkpoint = True
         self.stopped_early = bool(state["stopped_early"])
         if self.stopped_early:  # EM's stop rule had ended the run: nothing left to do
             self.start_epoch = self.config.epochs + 1
@@ -176,6 +185,7 @@ class _Run:
             from miue_ext.generate import sharded_checkpoint
 
             sharded_checkpoint.save(self.checkpoint_dir, state, self.dist)
+        self.has_checkpoint = True
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool) -> GenerationResult:
@@ -284,8 +294,12 @@ class _Run:
 
     def _non_finite(self, epoch: int, what: str):
         self.progress.close()
-        where = (f"the last good checkpoint in {self.checkpoint_dir} is kept"
-                 if self.checkpoint_dir is not None else "no checkpoint was requested")
+        if self.checkpoint_dir is None:
+            where = "no checkpoint was requested"
+        elif not self.has_checkpoint:
+            where = "no checkpoint was written yet: lower --lr or --alpha and start again"
+        else:
+            where = f"the last good checkpoint in {self.checkpoint_dir} is kept"
         raise NonFiniteLossError(f"non-finite {what} in epoch {epoch}; stopped ({where})")
 
 
