@@ -4,14 +4,29 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <type_traits>
 
 #include "../common/pair_math.h"
 #include "../mi_ue_loss.h"
+#include "class_blocks.h"
 #include "fast_rows_f32.h"
 
 namespace miue {
 namespace {
+
+// Class-centred products for the near-duplicate pairs (class_blocks.h), built only when the
+// distance term is on, the call is untiled, some same-class pair needs them, and they fit.
+std::optional<class_blocks::ClassBlocks> centred_blocks(const at::Tensor& features, const LossView<float>& v,
+                                                        const float* gram, int64_t rows,
+                                                        const std::vector<int32_t>& ids) {
+  if (v.dist_weight == 0.0f || rows != v.B || !class_blocks::fits(ids, kTileElements)) return std::nullopt;
+  for (int64_t i = 0; i < v.B; ++i)
+    for (int64_t j = i + 1; j < v.B; ++j)
+      if (ids[j] == ids[i] && pair_distance(v, i, j, gram[i * v.B + j]).exact)
+        return class_blocks::build(features, ids);
+  return std::nullopt;
+}
 
 // Grain sizes: enough work per task to amortise the thread pool for small B.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
@@ -69,6 +84,8 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
     scalar_t* out = row_loss.data_ptr<scalar_t>();
     constexpr bool kFast = std::is_same_v<scalar_t, float>;
     const std::vector<int32_t> ids = kFast ? fast_f32::dense_label_ids(v.labels, v.B) : std::vector<int32_t>();
+    std::optional<class_blocks::ClassBlocks> blocks;
+    if constexpr (kFast) blocks = centred_blocks(features, v, g, gram.size(0), ids);
     at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = row0 + r;
@@ -87,7 +104,12 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
             for (int64_t j = 0; j < v.B; ++j) {
               if (ids[j] != ids[i] || j == i) continue;
               const PairDistance<float> d = pair_distance(v, i, j, g_row[j]);
-              dist_sum += d.exact ? fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale) : d.r;
+              if (!d.exact) {
+                dist_sum += d.r;
+                continue;
+              }
+              const float centred = blocks ? blocks->distance(i, j) : -1.0f;
+              dist_sum += centred >= 0 ? centred : fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
             }
           }
         } else {
@@ -146,7 +168,15 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
     scalar_t* out = direct.data_ptr<scalar_t>();
     constexpr bool kFast = std::is_same_v<scalar_t, float>;
     fast_f32::ColumnTables cols;
-    if constexpr (kFast) cols = column_tables(v, st);
+    std::optional<class_blocks::ClassBlocks> blocks;
+    std::vector<std::vector<float>> centred_coeff;  // per class [n_c, n_c]: the g W_ij of centred pairs
+    if constexpr (kFast) {
+      cols = column_tables(v, st);
+      blocks = centred_blocks(features, v, g, gram.size(0), cols.ids);
+      if (blocks)
+        for (size_t c = 0; c < blocks->gram.size(); ++c)
+          centred_coeff.emplace_back(blocks->size(int32_t(c)) * blocks->size(int32_t(c)), 0.0f);
+    }
     (void)cols;
     at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -160,6 +190,15 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
         const auto on_exact = [&](int64_t j, scalar_t scale) {
           const scalar_t* fj = v.features + j * v.D;
           if constexpr (kFast) {
+            const float centred = blocks ? blocks->distance(i, j) : -1.0f;
+            if (centred >= 0) {  // g W_ij (g_i - g_j) into row i of its class's coefficients
+              const int32_t c = blocks->cls[i];
+              const int64_t n = blocks->size(c), pi = blocks->pos[i];
+              const float coef = exact_pair_coefficient(st, i, j, centred, upstream);
+              centred_coeff[c][pi * n + pi] += coef;
+              centred_coeff[c][pi * n + blocks->pos[j]] -= coef;
+              return;
+            }
             const float coef = exact_pair_coefficient(st, i, j, fast_f32::exact_distance(fi, fj, v.D, scale), upstream);
             fast_f32::add_scaled_difference(out_row, fi, fj, v.D, coef);
           } else {
@@ -187,6 +226,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
         m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
       }
     });
+    if (blocks) class_blocks::add_products(*blocks, centred_coeff, direct);
 }
 
 void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
