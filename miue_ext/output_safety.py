@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import os
 import stat
 from pathlib import Path
@@ -56,31 +57,48 @@ def data_file_of(spec: str) -> str | None:
     return None
 
 
+# What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
+# a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
+WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", ".*.tmp", LOCK_NAME, OWNER_MARKER)
+
+
+def _only_ours(folder: Path) -> bool:
+    """Every entry is a file generation writes (a folder from before the marker existed)."""
+    return all(entry.is_file() and any(fnmatch.fnmatch(entry.name, p) for p in WRITTEN_PATTERNS)
+               for entry in folder.iterdir())
+
+
 def check_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -> None:
     """Before any work: a default checkpoint folder that already exists must be one this
-    program made (marker) or empty; a folder the user named is used as it is."""
+    program made (its marker, or only files generation writes) or empty; a folder the user
+    named is used as it is."""
     folder = Path(directory)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"checkpoint folder {folder} exists and is not a folder; give --checkpoint-dir")
-    if owned_by_default and folder.is_dir() and not (folder / OWNER_MARKER).is_file() and any(folder.iterdir()):
+    if owned_by_default and folder.is_dir() and not (folder / OWNER_MARKER).is_file() and not _only_ours(folder):
         raise InputError(f"{folder} exists, is not empty and was not made by miue generate; it would be used "
                          "as the checkpoint folder: move it away or give --checkpoint-dir")
 
 
 def claim_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -> bool:
     """When the run starts: create the folder; a default one gets the marker that later allows
-    remove_owned_checkpoint_dir to delete it. Returns whether the folder was created now."""
+    remove_owned_checkpoint_dir to delete it. Returns whether this call created the folder (of
+    two runs starting together, only one does)."""
     folder = Path(directory)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
     if owned_by_default:
         (folder / OWNER_MARKER).touch()
     return created
 
 
 def release_unused_checkpoint_dir(directory: str | os.PathLike, created: bool) -> None:
-    """After a run that stopped before its first checkpoint: leave no folder behind that this
-    run created and that holds nothing of value."""
+    """After a run that stopped before its first checkpoint (called while it still holds the
+    lock): leave no folder behind that this run created and that holds nothing of value."""
     folder = Path(directory)
     if not created or not folder.is_dir():
         return
@@ -90,11 +108,6 @@ def release_unused_checkpoint_dir(directory: str | os.PathLike, created: bool) -
                 (folder / name).unlink()
         with contextlib.suppress(OSError):
             folder.rmdir()
-
-
-# What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
-# a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
-WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", ".*.tmp", LOCK_NAME, OWNER_MARKER)
 
 
 def remove_owned_checkpoint_dir(directory: str | os.PathLike, patterns: Iterable[str] = WRITTEN_PATTERNS) -> None:
@@ -129,6 +142,10 @@ def exclusive_use(directory: str | os.PathLike) -> Iterator[None]:
                 raise InputError(f"another miue generate is using the checkpoint folder {folder} (same --out or "
                                  "--checkpoint-dir); wait for it or choose another") from None
             raise
-        yield
+        try:
+            yield
+        finally:  # removed while still held: a folder the user named is left as it was
+            with contextlib.suppress(FileNotFoundError):
+                (folder / LOCK_NAME).unlink()
     finally:
         handle.close()

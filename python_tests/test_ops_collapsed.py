@@ -69,3 +69,22 @@ def test_repeated_backward_is_bit_identical(kind, device):
         ops.mi_ue_loss(leaf, labels, 0.1, 0.1).backward()
         grads.append(leaf.grad)
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+
+
+@pytest.mark.parametrize("magnitude", [1e-20, 1e-6, 1e6, 1e25, 1e30])
+def test_collapsed_features_of_any_magnitude_float32(magnitude, device):
+    """Class products must neither underflow (tiny rows) nor let the near-duplicate weight
+    (w_i + w_j) / r underflow (huge rows): both once gave wrong or zero gradients."""
+    features, labels = collapsed_problem(96, 48, 4, "cpu", torch.float64, seed=4)
+    features = (features * magnitude).float().to(device)
+    _, grad = assert_matches_reference("mi_ue_loss", features, labels.to(device), zeta=0.1)
+    assert grad.abs().max() > 0
+    _, grad = assert_matches_reference("dist_loss", features, labels.to(device))
+    assert grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("tile_rows", [7, 40])
+def test_collapsed_and_tiled_float32(tile_rows, device):
+    features, labels = collapsed_problem(80, 32, 3, device, seed=5)
+    assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1, tile_rows=tile_rows)
+    assert_matches_reference("dist_loss", features, labels, tile_rows=tile_rows)

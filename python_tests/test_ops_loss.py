@@ -86,8 +86,9 @@ def test_non_contiguous_inputs(name, device):
 
 @pytest.mark.parametrize("name", ["mi_ue_loss", "sim_loss", "dist_loss"])
 @pytest.mark.parametrize("tile_rows", [1, 7, 50])
-def test_tiled_rows_match_untiled(name, tile_rows, device):
-    features, labels = random_problem(50, 12, 5, device)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tiled_rows_match_untiled(name, tile_rows, dtype, device):
+    features, labels = random_problem(50, 12, 5, device, dtype)
     assert_matches_reference(name, features, labels, tile_rows=tile_rows)
 
 

@@ -120,3 +120,19 @@ def test_divergence_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path, cap
     assert code != 0
     err = capsys.readouterr().err
     assert "no checkpoint was written yet" in err and "is kept" not in err
+
+
+def test_a_default_folder_from_before_the_marker_still_resumes(tmp_path, capsys):
+    """Checkpoint folders written before the marker existed hold only generation's files."""
+    out = tmp_path / "p.npz"
+    argv = ["generate", "--max-samples", "24", "--out", str(out), *QUICK]
+    assert main([*argv, "--keep-checkpoint"]) == 0
+    (tmp_path / "p.npz.ckpt" / OWNER_MARKER).unlink()  # as an older version left it
+    out.unlink()
+    assert main([*argv, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out and out.is_file()
+
+
+def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+    assert main(["generate", "--max-samples", "16", "--out", str(tmp_path / "p.npz"), "--lr", "1e30", *QUICK]) != 0
+    assert list(tmp_path.iterdir()) == []

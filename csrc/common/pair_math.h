@@ -156,7 +156,7 @@ MIUE_HD acc_t finish_row_loss(const LossView<acc_t>& v, acc_t same_sum, acc_t al
 // on the diagonal: M_ii += g * (nc_i sum_j W_ij - [n_i >= 1e-8] sum_j H_ij c_ij / nc_i).
 // For near-duplicate pairs W_ij (f_i - f_j) would cancel catastrophically inside M Z, so those
 // pairs are left out of M and their g W_ij (f_i - f_j) is added to row i of the output directly
-// (exact_pair_coefficient gives g W_ij once the caller has recomputed |f_i - f_j|).
+// (exact_pair_weight gives g (w_i + w_j); the caller recomputes |f_i - f_j| and divides by it).
 // Returns M_ij without g and adds the pair's share of the two row sums (w_sum holds nc_i W_ij).
 template <typename acc_t>
 MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
@@ -175,14 +175,15 @@ MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* st
   return h / clamped_norm(v.norms[i]);
 }
 
-// g W_ij for a near-duplicate pair whose distance r the caller recomputed: the factor of
-// (f_i - f_j) in row i's gradient. |f_i - f_j| has gradient 0 at 0 (MIUE_SPEC); NaN propagates.
+// g (w_i + w_j) for a near-duplicate pair: row i's gradient gets g (w_i + w_j) (f_i - f_j) / r
+// once the caller has recomputed r = |f_i - f_j|. The caller divides the difference by r
+// (both are huge or tiny together), never the weight: (w_i + w_j) / r underflows for huge
+// features. At r = 0 the pair adds nothing (gradient 0 there, MIUE_SPEC); a NaN r propagates.
 template <typename acc_t>
-MIUE_HD acc_t exact_pair_coefficient(const acc_t* stats, int64_t i, int64_t j, acc_t r, acc_t upstream) {
-  if (r == acc_t(0)) return acc_t(0);
+MIUE_HD acc_t exact_pair_weight(const acc_t* stats, int64_t i, int64_t j, acc_t upstream) {
   const acc_t w_i = stats[i * kNumRowStats + kDistSlope];
   const acc_t w_j = stats[j * kNumRowStats + kDistSlope];
-  return upstream * (w_i + w_j) / r;
+  return upstream * (w_i + w_j);
 }
 
 // For a same-class pair j != i: its share of M_ij (without g). A near-duplicate pair has none;

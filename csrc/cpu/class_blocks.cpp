@@ -10,8 +10,9 @@
 namespace miue {
 namespace class_blocks {
 
-float ClassBlocks::distance(int64_t i, int64_t j) const {
+float ClassBlocks::scaled_distance(int64_t i, int64_t j) const {
   const int32_t c = cls[i];
+  if (!(scale[c] > 0) || !std::isfinite(scale[c])) return -1.0f;
   const int64_t n = size(c);
   const double h = gram[c].data_ptr<float>()[pos[i] * n + pos[j]];
   const double d2 = sq[i] + sq[j] - 2.0 * h;
@@ -56,6 +57,17 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
   }
   for (int32_t c = 0; c < classes; ++c)
     for (int64_t k = 0; k < dim; ++k) mean[size_t(c) * dim + k] /= double(b.size(c));
+  // each class's largest |f - mean| (NaN if any is NaN), to scale the class before the product
+  b.scale.assign(classes, 0.0);
+  for (int64_t i = 0; i < batch; ++i) {
+    const double* m = mean.data() + size_t(ids[i]) * dim;
+    const float* row = f + i * dim;
+    double& biggest = b.scale[ids[i]];
+    for (int64_t k = 0; k < dim; ++k) {
+      const double a = std::abs(double(row[k]) - m[k]);
+      if (a > biggest || a != a) biggest = a;
+    }
+  }
   b.centred = at::empty({batch, dim}, features.options());
   float* g = b.centred.data_ptr<float>();
   b.sq.assign(batch, 0.0);
@@ -63,11 +75,13 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = b.order[r];
       const double* m = mean.data() + size_t(ids[i]) * dim;
+      const double s = b.scale[ids[i]];
+      const double inv = s > 0 && std::isfinite(s) ? 1.0 / s : 0.0;
       const float* row = f + i * dim;
       float* out = g + r * dim;
       double sq = 0.0;
       for (int64_t k = 0; k < dim; ++k) {
-        out[k] = float(double(row[k]) - m[k]);
+        out[k] = float((double(row[k]) - m[k]) * inv);
         sq += double(out[k]) * double(out[k]);
       }
       b.sq[i] = sq;

@@ -6,7 +6,8 @@
 // outside BLAS. Subtracting the class mean does not change f_i - f_j, and the centred rows g are
 // about as long as the distances, so the same identity on g does not cancel: one product per
 // class, G_c G_c^T (B^2 D / C flops, about a tenth of the Gram product at C = 10), gives them
-// all. The centring is done in double, so g carries no error from the mean's size. Pairs that
+// all. The centring is done in double, so g carries no error from the mean's size, and each
+// class is scaled by its largest entry before the float32 product (no overflow or underflow). Pairs that
 // still cancel on g (rows much closer to each other than to their class mean, exact duplicates)
 // are left to the exact row loops. The backward's near-duplicate terms g W_ij (f_i - f_j) are
 // collected per class and applied as M_c G_c, again one product per class.
@@ -24,14 +25,16 @@ struct ClassBlocks {
   std::vector<int64_t> pos;          // index of each row within its class
   std::vector<int64_t> start;        // per class: first row of its block in `centred`
   std::vector<int64_t> order;        // row of the original batch at each row of `centred`
-  at::Tensor centred;                // [B, D] float32 rows g, grouped by class
-  std::vector<at::Tensor> gram;      // per class: [n_c, n_c] g g^T
-  std::vector<double> sq;            // |g_i|^2 of the float32 centred rows, by original row
+  std::vector<double> scale;         // per class: the largest |g| entry (rows are stored divided by it)
+  at::Tensor centred;                // [B, D] float32 rows g / scale, grouped by class
+  std::vector<at::Tensor> gram;      // per class: [n_c, n_c] products of those scaled rows
+  std::vector<double> sq;            // |g_i / scale|^2 of the float32 scaled rows, by original row
 
   int64_t size(int32_t c) const { return start[c + 1] - start[c]; }
 
-  // |f_i - f_j| for a same-class pair, or -1 where the centred identity cancels too.
-  float distance(int64_t i, int64_t j) const;
+  // |f_i - f_j| / scale of the class, for a same-class pair; -1 where the centred identity
+  // cancels too (or the class has no usable scale: all rows equal, non-finite values).
+  float scaled_distance(int64_t i, int64_t j) const;
 };
 
 // Whether the per-class products fit the op's memory bound (sum of n_c^2 at most `limit`).
@@ -40,7 +43,8 @@ bool fits(const std::vector<int32_t>& ids, int64_t limit);
 // features: contiguous float32 [B, D]; ids: dense class ids (fast_f32::dense_label_ids).
 ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids);
 
-// out[members_c] += coeff_c @ rows_c for every class; coeff[c] is [n_c, n_c] row-major.
+// out[rows of class c] += coeff_c @ (scaled rows of c) for every class; coeff[c] is [n_c, n_c]
+// row-major and multiplies the scaled rows (so it holds g W_ij * scale: weight / scaled distance).
 void add_products(const ClassBlocks& blocks, const std::vector<std::vector<float>>& coeff, at::Tensor& out);
 
 }  // namespace class_blocks

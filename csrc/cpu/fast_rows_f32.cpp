@@ -76,9 +76,14 @@ float exact_distance(const float* fi, const float* fj, int64_t dim, float scale)
 }
 
 MIUE_SIMD_CLONES
-void add_scaled_difference(float* out, const float* fi, const float* fj, int64_t dim, float coef) {
+void add_scaled_difference(float* out, const float* fi, const float* fj, int64_t dim, float weight, float r) {
+  const float inv_r = 1.0f / r;
+  if (std::isfinite(inv_r)) {  // the usual case: a multiply per element instead of a divide
 #pragma omp simd
-  for (int64_t k = 0; k < dim; ++k) out[k] += coef * (fi[k] - fj[k]);
+    for (int64_t k = 0; k < dim; ++k) out[k] += weight * ((fi[k] - fj[k]) * inv_r);
+  } else {  // r so small that 1 / r overflows (or NaN): divide, as the formula says
+    for (int64_t k = 0; k < dim; ++k) out[k] += weight * ((fi[k] - fj[k]) / r);
+  }
 }
 
 }  // namespace fast_f32

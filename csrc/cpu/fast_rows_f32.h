@@ -59,8 +59,8 @@ float backward_row_similarity(const float* gram_row, const ColumnTables& cols, i
 // pair_math.h's exact_distance and the near-duplicate gradient row update, vectorised: the
 // pairs of a collapsed class (MI-UE's operating point) all take this path.
 float exact_distance(const float* fi, const float* fj, int64_t dim, float scale);
-// out[k] += coef * (fi[k] - fj[k])
-void add_scaled_difference(float* out, const float* fi, const float* fj, int64_t dim, float coef);
+// out[k] += weight * ((fi[k] - fj[k]) / r): the near-duplicate pair's share of row i's gradient
+void add_scaled_difference(float* out, const float* fi, const float* fj, int64_t dim, float weight, float r);
 
 }  // namespace fast_f32
 }  // namespace miue

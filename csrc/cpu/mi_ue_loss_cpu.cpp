@@ -108,8 +108,9 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
                 dist_sum += d.r;
                 continue;
               }
-              const float centred = blocks ? blocks->distance(i, j) : -1.0f;
-              dist_sum += centred >= 0 ? centred : fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
+              const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
+              dist_sum += centred >= 0 ? float(blocks->scale[blocks->cls[i]] * centred)
+                                       : fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
             }
           }
         } else {
@@ -179,6 +180,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
     }
     (void)cols;
     at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
+      std::vector<float> saved_cosines;  // per task, reused across its rows
       for (int64_t r = begin; r < end; ++r) {
         const int64_t i = row0 + r;
         scalar_t w_sum = 0, hc_sum = 0;
@@ -189,24 +191,32 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
         // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i.
         const auto on_exact = [&](int64_t j, scalar_t scale) {
           const scalar_t* fj = v.features + j * v.D;
+          const scalar_t weight = exact_pair_weight(st, i, j, upstream);
           if constexpr (kFast) {
-            const float centred = blocks ? blocks->distance(i, j) : -1.0f;
-            if (centred >= 0) {  // g W_ij (g_i - g_j) into row i of its class's coefficients
+            const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
+            if (centred >= 0) {  // weight (g_i - g_j) / r, in the class's scaled units, as row i of M_c
               const int32_t c = blocks->cls[i];
               const int64_t n = blocks->size(c), pi = blocks->pos[i];
-              const float coef = exact_pair_coefficient(st, i, j, centred, upstream);
+              const float coef = weight / centred;
               centred_coeff[c][pi * n + pi] += coef;
               centred_coeff[c][pi * n + blocks->pos[j]] -= coef;
               return;
             }
-            const float coef = exact_pair_coefficient(st, i, j, fast_f32::exact_distance(fi, fj, v.D, scale), upstream);
-            fast_f32::add_scaled_difference(out_row, fi, fj, v.D, coef);
+            const float r = fast_f32::exact_distance(fi, fj, v.D, scale);
+            if (r != 0.0f) fast_f32::add_scaled_difference(out_row, fi, fj, v.D, weight, r);
           } else {
-            const scalar_t coef = exact_pair_coefficient(st, i, j, exact_distance(fi, fj, v.D, scale), upstream);
-            for (int64_t k = 0; k < v.D; ++k) out_row[k] += coef * (fi[k] - fj[k]);
+            const scalar_t r = exact_distance(fi, fj, v.D, scale);
+            if (r != scalar_t(0))
+              for (int64_t k = 0; k < v.D; ++k) out_row[k] += weight * ((fi[k] - fj[k]) / r);
           }
         };
         if constexpr (kFast) {
+          // Tiled, coeff is the Gram block itself: keep the cosines the distances still need.
+          const float* cosines = g_row;
+          if (v.dist_weight != 0 && m_row == g_row) {
+            saved_cosines.assign(g_row, g_row + v.B);
+            cosines = saved_cosines.data();
+          }
           if (v.sim_weight != 0) {
             const float scale = -v.sim_weight * v.inv_t / float(v.B);
             hc_sum = fast_f32::backward_row_similarity(g_row, cols, v.B, i, v.inv_t, scale,
@@ -217,7 +227,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
           if (v.dist_weight != 0) {
             for (int64_t j = 0; j < v.B; ++j)
               if (cols.ids[j] == cols.ids[i] && j != i)
-                m_row[j] += upstream * backward_pair_distance(v, st, i, j, g_row[j], w_sum, on_exact);
+                m_row[j] += upstream * backward_pair_distance(v, st, i, j, cosines[j], w_sum, on_exact);
           }
         } else {
           for (int64_t j = 0; j < v.B; ++j)

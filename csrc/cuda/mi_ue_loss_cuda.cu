@@ -127,8 +127,10 @@ __global__ void rows_backward_kernel(LossView<T> v, const T* gram, int64_t row0,
         if (!exact_flag[t]) continue;  // the same on all threads
         const int64_t jt = base + t;
         const T* fj = v.features + jt * v.D;
-        const T coef = exact_pair_coefficient(stats, i, jt, block_exact_distance(v, i, jt, exact_scale[t]), upstream);
-        for (int64_t k = threadIdx.x; k < v.D; k += blockDim.x) out[k] += coef * (fi[k] - fj[k]);
+        const T weight = exact_pair_weight(stats, i, jt, upstream);
+        const T r_ij = block_exact_distance(v, i, jt, exact_scale[t]);  // the same on all threads
+        if (r_ij != T(0))
+          for (int64_t k = threadIdx.x; k < v.D; k += blockDim.x) out[k] += weight * ((fi[k] - fj[k]) / r_ij);
       }
     }
     __syncthreads();

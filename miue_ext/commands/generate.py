@@ -15,6 +15,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -193,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_distributed(args)
     from miue_ext.generate import generate, resolve_device
 
-    from miue_ext.errors import InputError
     from miue_ext.output_safety import claim_checkpoint_dir, exclusive_use, release_unused_checkpoint_dir
 
     _check_out(args)
@@ -204,15 +204,15 @@ def run(args: argparse.Namespace) -> int:
     _announce(log, args, config, dataset, device)
     folder = _checkpoint_dir(args)
     created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
-    try:
-        with exclusive_use(folder):
+    with exclusive_use(folder):
+        try:
             result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
                               device=str(device), checkpoint_dir=folder, resume=args.resume,
                               progress=args.progress, log=log)
             _write_poison(args, config, dataset, result, log)
-    except InputError:  # e.g. an unknown --model: found before the first checkpoint
-        release_unused_checkpoint_dir(folder, created)
-        raise
+        except BaseException:  # e.g. an unknown --model, a NaN or Ctrl-C before the first checkpoint
+            release_unused_checkpoint_dir(folder, created)
+            raise
     return 0
 
 
@@ -240,36 +240,45 @@ def _run_distributed(args: argparse.Namespace) -> int:
 def _run_rank(args: argparse.Namespace, ctx) -> int:
     from miue_ext.errors import InputError
     from miue_ext.generate import distributed, generate
+    from miue_ext.output_safety import claim_checkpoint_dir, exclusive_use, release_unused_checkpoint_dir
 
-    # Bad inputs are agreed on by all ranks, so every rank stops with the same message.
+    # Bad inputs are agreed on by all ranks, so every rank stops with the same message. Rank 0
+    # owns the checkpoint folder's marker and lock for the group; a folder in use by another run
+    # is such an input too.
     problem, signature, config, dataset = None, None, None, None
-    try:
-        if ctx.is_main:
-            _check_out(args)
-        if args.download:  # several ranks would write the same files at once
-            raise InputError("--download is not available under torchrun; download the data once without "
-                             "torchrun (e.g. miue generate --download --epochs 1), then launch the group")
-        config = build_config(args, ctx.device.type)
-        dataset = _load_data(args)
-        signature = {"data sha256": dataset.fingerprint(), "data shape": list(dataset.images.shape),
-                     "--model": args.model, "--feature-layer": args.feature_layer, "--resume": args.resume,
-                     "--checkpoint-dir": str(_checkpoint_dir(args)),
-                     **{f"setting {key}": value for key, value in config.to_dict().items()}}
-    except InputError as err:
-        problem = str(err)
-    distributed.agree(ctx, problem, signature)
-    if ctx.is_main:
-        from miue_ext.output_safety import claim_checkpoint_dir
-
-        claim_checkpoint_dir(_checkpoint_dir(args), owned_by_default=args.checkpoint_dir is None)
-    log = _logger(args.progress) if ctx.is_main else (lambda line: None)
-    processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
-    _announce(log, args, config, dataset, ctx.device.type, processes)
-    result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
-                      checkpoint_dir=_checkpoint_dir(args), resume=args.resume,
-                      progress=args.progress and ctx.is_main, log=log, distributed=ctx)
-    if ctx.is_main:  # the other ranks are done: no collective follows the writing
-        _write_poison(args, config, dataset, result, log, {"world_size": ctx.world_size})
+    folder, created = _checkpoint_dir(args), False
+    with contextlib.ExitStack() as held:
+        try:
+            if ctx.is_main:
+                _check_out(args)
+            if args.download:  # several ranks would write the same files at once
+                raise InputError("--download is not available under torchrun; download the data once without "
+                                 "torchrun (e.g. miue generate --download --epochs 1), then launch the group")
+            config = build_config(args, ctx.device.type)
+            dataset = _load_data(args)
+            signature = {"data sha256": dataset.fingerprint(), "data shape": list(dataset.images.shape),
+                         "--model": args.model, "--feature-layer": args.feature_layer, "--resume": args.resume,
+                         "--checkpoint-dir": str(folder),
+                         **{f"setting {key}": value for key, value in config.to_dict().items()}}
+            if ctx.is_main:
+                created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
+                held.enter_context(exclusive_use(folder))
+        except InputError as err:
+            problem = str(err)
+        try:
+            distributed.agree(ctx, problem, signature)
+            log = _logger(args.progress) if ctx.is_main else (lambda line: None)
+            processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
+            _announce(log, args, config, dataset, ctx.device.type, processes)
+            result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
+                              checkpoint_dir=folder, resume=args.resume,
+                              progress=args.progress and ctx.is_main, log=log, distributed=ctx)
+            if ctx.is_main:  # the other ranks are done: no collective follows the writing
+                _write_poison(args, config, dataset, result, log, {"world_size": ctx.world_size})
+        except BaseException:
+            if ctx.is_main:  # still holding the lock: nothing another run owns is touched
+                release_unused_checkpoint_dir(folder, created)
+            raise
     return 0
 
 
