@@ -16,12 +16,14 @@ PAPER_EPOCHS = 100
 PAPER_ALPHA_START = 0.2 / 255
 
 
-def auto_alpha_start(epochs: int) -> float:
+def auto_alpha_start(epochs: int, eps: float = 8 / 255) -> float:
     """First step size of `--alpha auto`: the paper's 0.2/255 at its 100 epochs, scaled by
     100 / E for shorter runs (E = 20: 1/255, E = 10: 2/255), so that a short run's first
     epochs move the perturbation as far towards its budget as the paper's first 100/E epochs
-    do. The schedule then moves linearly to the paper's final 4/(255 K), as the paper's does."""
-    return PAPER_ALPHA_START * max(1.0, PAPER_EPOCHS / epochs)
+    do; at most eps / 4 (2/255 for eps 8/255), since sign steps wider than that only bounce
+    between the corners of the budget. The schedule then moves linearly to the paper's final
+    4/(255 K), as the paper's does."""
+    return min(PAPER_ALPHA_START * max(1.0, PAPER_EPOCHS / epochs), eps / 4)
 METHODS = ("miue", "em")
 MODES = ("samplewise", "classwise")
 
