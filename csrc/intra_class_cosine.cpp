@@ -1,5 +1,5 @@
 // Mean intra-class cosine over pairs i != j in O(B*D): with S_c the sum of class c's unit rows,
-// sum_{i != j in c} c_ij = |S_c|^2 - sum_{i in c} |z_i|^2 (MIUE_SPEC). Written with ATen ops, so
+// sum_{i != j in c} c_ij = |S_c|^2 - sum_{i in c} |z_i|^2 (docs/method.md). Written with ATen ops, so
 // the same code serves CPU and CUDA; classes are found by sorting, without a host sync.
 #include <ATen/ATen.h>
 #include <torch/library.h>

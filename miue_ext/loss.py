@@ -5,7 +5,7 @@ from . import ops
 
 
 class MIUELoss(nn.Module):
-    """L_sim + zeta * L_dist over a batch of features [B, D] and labels [B] (MIUE_SPEC)."""
+    """L_sim + zeta * L_dist over a batch of features [B, D] and labels [B] (docs/method.md)."""
 
     def __init__(self, temperature: float = 0.1, zeta: float = 0.1):
         super().__init__()

@@ -128,7 +128,7 @@ for _op in ("miue::mi_ue_loss_forward", "miue::intra_class_cosine_forward"):
 
 # --------------------------------------------------------------------------- public API
 def mi_ue_loss(features, labels, temperature=0.1, zeta=0.1, *, tile_rows=0):
-    """L_sim + zeta * L_dist of MIUE_SPEC for features [B, D] and integer labels [B]; a 0-d tensor."""
+    """L_sim + zeta * L_dist of docs/method.md for features [B, D] and integer labels [B]; a 0-d tensor."""
     return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, float(zeta), int(tile_rows))[0]
 
 

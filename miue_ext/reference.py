@@ -1,7 +1,7 @@
 """Plain PyTorch versions of every op, independent of the fused kernels.
 
 * ``sim_loss``, ``dist_loss``, ``mi_ue_loss``, ``intra_class_cosine``, ``pgd_update``: the
-  MIUE_SPEC formulas written as directly as possible, in float64 (tests compare against these).
+  docs/method.md formulas written as directly as possible, in float64 (tests compare against these).
 * ``mi_ue_loss_eager``: what a careful PyTorch user writes (F.normalize + matmul + cdist), in
   the input's dtype: the "eager" baseline of the benchmarks and of the low-precision tests.
 * ``mi_ue_loss_authors``: the structure of the authors' released code (a [B, B, D] broadcast
@@ -30,7 +30,7 @@ def cosine_matrix(features):
 
 
 def _safe_norm(diff):
-    """|v| with gradient 0 at v = 0 (MIUE_SPEC), instead of sqrt's NaN."""
+    """|v| with gradient 0 at v = 0 (docs/method.md), instead of sqrt's NaN."""
     square = (diff * diff).sum(-1)
     positive = square > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, square, torch.ones_like(square))), 0.0)
@@ -71,7 +71,7 @@ def intra_class_cosine(features, labels):
 
 
 def pgd_update(delta, x, grad, alpha, eps):
-    """The update of MIUE_SPEC in the dtype of its inputs, out of place."""
+    """The update of docs/method.md in the dtype of its inputs, out of place."""
     return torch.clamp(x + torch.clamp(delta - alpha * torch.sign(grad), -eps, eps), 0, 1) - x
 
 

@@ -12,13 +12,13 @@
 
 namespace miue {
 
-constexpr double kNormFloor = 1e-8;  // MIUE_SPEC: feature norms are clamped at 1e-8
-constexpr double kExpOffset = 1e-8;  // MIUE_SPEC: e_ij = exp(c_ij / t) + 1e-8
+constexpr double kNormFloor = 1e-8;  // docs/method.md: feature norms are clamped at 1e-8
+constexpr double kExpOffset = 1e-8;  // docs/method.md: e_ij = exp(c_ij / t) + 1e-8
 // Distances come from the cosine, |f_i - f_j|^2 = n_i^2 + n_j^2 - 2 n_i n_j c_ij, which cancels
 // badly for near-duplicate rows; below this fraction of max(n_i, n_j)^2 the pair is recomputed
 // from the features (exact zero for identical rows, so their gradient is 0 and not NaN).
 constexpr double kRecomputeBelow = 1e-2;
-// Above this many rows the B x B block is tiled (MIUE_SPEC memory bound O(B*B + B*D)).
+// Above this many rows the B x B block is tiled (docs/method.md; memory bound O(B*B + B*D)).
 constexpr int64_t kTileElements = int64_t(1) << 24;
 
 // Raw-pointer view of one mi_ue_loss problem; all floating data is in the accumulator type.
@@ -178,7 +178,7 @@ MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* st
 // g (w_i + w_j) for a near-duplicate pair: row i's gradient gets g (w_i + w_j) (f_i - f_j) / r
 // once the caller has recomputed r = |f_i - f_j|. The caller divides the difference by r
 // (both are huge or tiny together), never the weight: (w_i + w_j) / r underflows for huge
-// features. At r = 0 the pair adds nothing (gradient 0 there, MIUE_SPEC); a NaN r propagates.
+// features. At r = 0 the pair adds nothing (gradient 0 there, docs/method.md); a NaN r propagates.
 template <typename acc_t>
 MIUE_HD acc_t exact_pair_weight(const acc_t* stats, int64_t i, int64_t j, acc_t upstream) {
   const acc_t w_i = stats[i * kNumRowStats + kDistSlope];
@@ -224,7 +224,7 @@ MIUE_HD acc_t backward_diagonal_correction(const LossView<acc_t>& v, int64_t i, 
   return w_sum - normalisation;
 }
 
-// In-place projected sign step of MIUE_SPEC, in the formula's order of operations and in the
+// In-place projected sign step of docs/method.md, in the formula's order of operations and in the
 // storage type (each operation rounds like the eager PyTorch expression does).
 // min then max, each written so that a NaN in v survives the comparison (and so that x86
 // compilers can use one minps / maxps each): the result of torch.clamp for lo <= hi.
