@@ -24,3 +24,14 @@ def single_threaded():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def on_off_on_runs(data: ImageDataset, option: str):
+    """Generate three times with `option` True, True, False (2 epochs, 2 steps, deterministic):
+    the first two must agree bit for bit, the third must differ if the option does anything."""
+    from miue_ext.generate import GenerationConfig, generate
+
+    config = dict(epochs=2, steps=2, batch_size=16, poison_batch_size=24, alpha_start=2 / 255, alpha_end=2 / 255,
+                  deterministic=True)
+    return [generate(data, GenerationConfig(**config, **{option: value}), device="cpu", model_name="smallcnn",
+                     log=lambda line: None) for value in (True, True, False)]

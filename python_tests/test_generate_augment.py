@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from miue_ext.cli import main
-from miue_ext.generate import GenerationConfig, generate, steps
+from miue_ext.generate import steps
 from miue_ext.poison_file import load_poison
 
-from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+from generate_helpers import on_off_on_runs, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
 
 def shifted_by_slicing(image_hwc: torch.Tensor, dy: int, dx: int, flip: bool, pad: int) -> torch.Tensor:
@@ -57,10 +57,7 @@ def test_random_views_are_reproducible_and_cover_every_shift():
 
 def test_engine_with_augmentation_is_bounded_reproducible_and_differs():
     data = tiny_patches(48)
-    config = dict(epochs=2, steps=2, batch_size=16, poison_batch_size=24, alpha_start=2 / 255, alpha_end=2 / 255,
-                  deterministic=True)
-    runs = [generate(data, GenerationConfig(**config, perturb_augment=augment), device="cpu", model_name="smallcnn",
-                     log=lambda line: None) for augment in (True, True, False)]
+    runs = on_off_on_runs(data, "perturb_augment")
     assert torch.equal(runs[0].delta, runs[1].delta) and not torch.equal(runs[0].delta, runs[2].delta)
     x = torch.from_numpy(data.images).float() / 255
     assert runs[0].delta.abs().max() <= 8 / 255 + 1e-7 and runs[0].delta.abs().max() > 3 / 255

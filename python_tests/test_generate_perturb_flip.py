@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from miue_ext.cli import main
-from miue_ext.generate import GenerationConfig, generate, steps
+from miue_ext.generate import steps
 from miue_ext.poison_file import load_poison
 
-from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+from generate_helpers import on_off_on_runs, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
 
 class Pixels(nn.Module):
@@ -46,10 +46,7 @@ def test_flipped_clean_image_unflipped_delta():
 
 def test_engine_with_perturb_flip_is_bounded_reproducible_and_differs():
     data = tiny_patches(48)
-    config = dict(epochs=2, steps=2, batch_size=16, poison_batch_size=24, alpha_start=2 / 255, alpha_end=2 / 255,
-                  deterministic=True)
-    runs = [generate(data, GenerationConfig(**config, perturb_flip=flip), device="cpu", model_name="smallcnn",
-                     log=lambda line: None) for flip in (True, True, False)]
+    runs = on_off_on_runs(data, "perturb_flip")
     assert torch.equal(runs[0].delta, runs[1].delta) and not torch.equal(runs[0].delta, runs[2].delta)
     assert runs[0].delta.abs().max() <= 8 / 255 + 1e-7 and runs[0].delta.abs().max() > 3 / 255
 

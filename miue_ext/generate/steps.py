@@ -38,13 +38,20 @@ def batches(order: torch.Tensor, batch_size: int):
         yield order[start : start + batch_size]
 
 
-def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=None):
-    """(x + delta clamped to [0, 1], labels) for the samples in `index`; flips the clean image only."""
+def clean_batch(images, index, flip_mask=None) -> torch.Tensor:
+    """The clean images x of the samples in `index` as floats in [0, 1] (NHWC), mirrored
+    horizontally where flip_mask[sample] is set (the clean image only, never delta)."""
     x = images.index_select(0, index).float().div_(255)
-    y = labels.index_select(0, index)
     if flip_mask is not None:
         flip = flip_mask.index_select(0, index).view(-1, 1, 1, 1)
         x = torch.where(flip, x.flip(2), x)  # axis 2 of NHWC is the width
+    return x
+
+
+def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=None):
+    """(x + delta clamped to [0, 1], labels) for the samples in `index`; flips the clean image only."""
+    x = clean_batch(images, index, flip_mask)
+    y = labels.index_select(0, index)
     rows = delta.index_select(0, y if classwise else index)
     return (x + rows).clamp_(0, 1), y
 
@@ -117,11 +124,8 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
 
     loss_sum = torch.zeros((), device=images.device)
     for index in batches(order, batch_size):
-        x = images.index_select(0, index).float().div_(255)
+        x = clean_batch(images, index, flip_mask)
         y = labels.index_select(0, index)
-        if flip_mask is not None:
-            flip = flip_mask.index_select(0, index).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(2), x)  # axis 2 of NHWC is the width
         for _ in range(steps):
             inputs = (x + delta.index_select(0, index)).requires_grad_(True)
             seen = inputs if augment is None else augment(inputs)
@@ -148,11 +152,8 @@ def perturb_classwise(surrogate, objective: Objective, images, labels, delta, or
     """
     loss_sum = torch.zeros((), device=images.device)
     for index in batches(order, batch_size):
-        x = images.index_select(0, index).float().div_(255)
+        x = clean_batch(images, index, flip_mask)
         y = labels.index_select(0, index)
-        if flip_mask is not None:
-            flip = flip_mask.index_select(0, index).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(2), x)
         for _ in range(steps):
             leaf = delta.detach().requires_grad_(True)
             inputs = (x + leaf.index_select(0, y)).clamp(0, 1)
