@@ -20,6 +20,7 @@
 #   GPU_CHECK_DEADLINE  seconds for the whole script (default 480)
 #   GPU_CHECK_SLOWDOWN  multiplies every step's time limit (default 1; e.g. 4 for a 2-core rehearsal)
 #   GPU_CHECK_EPOCHS    generation epochs (default 100 on cuda, 1 on cpu)
+#   GPU_CHECK_GENERATE  0: skip the generation + victims step (kernels-only rerun)
 #   GPU_CHECK_REST      1: after everything else, the default benchmark grid until the deadline
 # Files written to $OUT (the device tool brings back at most 8): gpu_check.log build.log tests.log
 #   bench.log bench_targets.json bench_<device>.md generate.log bench_rest.json
@@ -33,6 +34,7 @@ BUILD=${GPU_CHECK_BUILD:-pip}
 DEADLINE=${GPU_CHECK_DEADLINE:-480}
 SLOWDOWN=${GPU_CHECK_SLOWDOWN:-1}
 REST=${GPU_CHECK_REST:-0}
+GENERATE=${GPU_CHECK_GENERATE:-1}
 if [[ $DEVICE == cuda ]]; then EPOCHS=${GPU_CHECK_EPOCHS:-100}; else EPOCHS=${GPU_CHECK_EPOCHS:-1}; fi
 export PYTHON DEVICE BUILD EPOCHS OUT PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -198,7 +200,10 @@ step smoke build.log 60 smoke
 step device-tests tests.log 120 device_tests
 step determinism tests.log 60 determinism
 step bench-targets bench.log 150 bench_grid targets "$OUT/bench_targets.json"
-step generate generate.log 240 generate_and_evaluate
+step profile-loss profile.log 60 "$PYTHON" benchmarks/profile_loss.py --device "$DEVICE" --passes 20
+if [[ $GENERATE == 1 ]]; then
+  step generate generate.log 240 generate_and_evaluate
+fi
 if [[ $REST == 1 ]]; then
   step bench-rest bench.log 600 bench_grid default "$OUT/bench_rest.json"
 fi
