@@ -83,12 +83,15 @@ def _loss_setup_context(ctx, inputs, output):
     _, row_stats, gram = output
     ctx.save_for_backward(features, labels, row_stats, gram)
     ctx.params = (temperature, sim_weight, dist_weight, tile_rows)
+    # The statistics and the Gram matrix are never differentiated: without this, autograd would
+    # allocate and zero-fill a [B, 4] and a [B, B] gradient for them on every backward.
+    ctx.set_materialize_grads(False)
 
 
 def _loss_backward(ctx, grad_loss, grad_stats, grad_gram):
     features, labels, row_stats, gram = ctx.saved_tensors
     grad_features = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and grad_loss is not None:
         grad_features = _ops.mi_ue_loss_backward(grad_loss, features, labels, row_stats, gram, *ctx.params)
     return grad_features, None, None, None, None, None
 

@@ -88,3 +88,16 @@ def test_collapsed_and_tiled_float32(tile_rows, device):
     features, labels = collapsed_problem(80, 32, 3, device, seed=5)
     assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1, tile_rows=tile_rows)
     assert_matches_reference("dist_loss", features, labels, tile_rows=tile_rows)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_collapsed_class_with_a_non_finite_entry_gives_nan(bad, device):
+    """A NaN or inf in one row of a collapsed class must reach the loss and the gradient as NaN
+    (as PyTorch's losses do), not be hidden by the class-centred products."""
+    features, labels = collapsed_problem(64, 32, 4, device, seed=6)
+    features[int((labels == 1).nonzero()[0]), 3] = bad
+    leaf = features.clone().requires_grad_(True)
+    loss = ops.mi_ue_loss(leaf, labels, 0.1, 0.1)
+    loss.backward()
+    assert torch.isnan(loss)
+    assert torch.isnan(leaf.grad).any()

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "../common/pair_math.h"
 
@@ -48,43 +49,54 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
     b.pos[i] = filled[ids[i]]++;
     b.order[b.start[ids[i]] + b.pos[i]] = i;
   }
-  // class means in double, then g = f - mean rounded once to float32
-  std::vector<double> mean(size_t(classes) * dim, 0.0);
-  for (int64_t i = 0; i < batch; ++i) {
-    double* m = mean.data() + size_t(ids[i]) * dim;
-    const float* row = f + i * dim;
-    for (int64_t k = 0; k < dim; ++k) m[k] += row[k];
-  }
-  for (int32_t c = 0; c < classes; ++c)
-    for (int64_t k = 0; k < dim; ++k) mean[size_t(c) * dim + k] /= double(b.size(c));
-  // each class's largest |f - mean| (NaN if any is NaN), to scale the class before the product
+  // Class by class: the mean in double, g = f - mean in double (kept for the class), the
+  // class's largest |g| (NaN if any is NaN), then g / that scale rounded once to float32. The
+  // loops are written so that they vectorise (no branches, no aliasing).
   b.scale.assign(classes, 0.0);
-  for (int64_t i = 0; i < batch; ++i) {
-    const double* m = mean.data() + size_t(ids[i]) * dim;
-    const float* row = f + i * dim;
-    double& biggest = b.scale[ids[i]];
-    for (int64_t k = 0; k < dim; ++k) {
-      const double a = std::abs(double(row[k]) - m[k]);
-      if (a > biggest || a != a) biggest = a;
-    }
-  }
   b.centred = at::empty({batch, dim}, features.options());
-  float* g = b.centred.data_ptr<float>();
+  float* out_all = b.centred.data_ptr<float>();
   b.sq.assign(batch, 0.0);
-  at::parallel_for(0, batch, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t i = b.order[r];
-      const double* m = mean.data() + size_t(ids[i]) * dim;
-      const double s = b.scale[ids[i]];
-      const double inv = s > 0 && std::isfinite(s) ? 1.0 / s : 0.0;
-      const float* row = f + i * dim;
-      float* out = g + r * dim;
-      double sq = 0.0;
-      for (int64_t k = 0; k < dim; ++k) {
-        out[k] = float((double(row[k]) - m[k]) * inv);
-        sq += double(out[k]) * double(out[k]);
+  at::parallel_for(0, classes, 1, [&](int64_t class_begin, int64_t class_end) {
+    std::vector<double> mean(dim), diff;
+    for (int64_t c = class_begin; c < class_end; ++c) {
+      const int64_t first = b.start[c], n = b.size(int32_t(c));
+      double* __restrict m = mean.data();
+      std::fill(mean.begin(), mean.end(), 0.0);
+      for (int64_t r = 0; r < n; ++r) {
+        const float* __restrict row = f + b.order[first + r] * dim;
+#pragma omp simd
+        for (int64_t k = 0; k < dim; ++k) m[k] += double(row[k]);
       }
-      b.sq[i] = sq;
+      const double inv_n = 1.0 / double(n);
+#pragma omp simd
+      for (int64_t k = 0; k < dim; ++k) m[k] *= inv_n;
+      diff.resize(size_t(n) * dim);
+      double biggest = 0.0, total = 0.0;  // total is NaN exactly when some |g| is NaN
+      for (int64_t r = 0; r < n; ++r) {
+        const float* __restrict row = f + b.order[first + r] * dim;
+        double* __restrict d = diff.data() + r * dim;
+#pragma omp simd reduction(max : biggest) reduction(+ : total)
+        for (int64_t k = 0; k < dim; ++k) {
+          d[k] = double(row[k]) - m[k];
+          const double a = std::abs(d[k]);
+          biggest = std::max(biggest, a);
+          total += a;
+        }
+      }
+      const double s = total == total ? biggest : std::numeric_limits<double>::quiet_NaN();
+      b.scale[c] = s;
+      const double inv = s > 0 && std::isfinite(s) ? 1.0 / s : 0.0;
+      for (int64_t r = 0; r < n; ++r) {
+        const double* __restrict d = diff.data() + r * dim;
+        float* __restrict out = out_all + (first + r) * dim;
+        double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+        for (int64_t k = 0; k < dim; ++k) {
+          out[k] = float(d[k] * inv);
+          sq += double(out[k]) * double(out[k]);
+        }
+        b.sq[b.order[first + r]] = sq;
+      }
     }
   });
   for (int32_t c = 0; c < classes; ++c) {

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     method.add_argument("--perturb-flip", dest="perturb_flip", action="store_true", default=None,
                         help="randomly flip the clean image (not delta) in the perturbation stage too, as the "
                              "authors' released command does")
+    method.add_argument("--no-train-clamp", dest="train_clamp", action="store_false", default=None,
+                        help="do not clamp x + delta to [0, 1] while training the surrogate (the authors' "
+                             "loop does not; the perturbation steps always project)")
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
     method.add_argument("--stop-accuracy", type=float, metavar="PERCENT",
                         help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
@@ -126,7 +129,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         eps=None if args.eps is None else args.eps / 255, alpha_start=alpha_start, alpha_end=alpha_end,
         zeta=args.zeta, temperature=args.temperature, batch_size=args.batch_size,
         poison_batch_size=args.poison_batch_size, lr=args.lr, flip=args.flip, perturb_augment=args.perturb_augment,
-        perturb_flip=args.perturb_flip,
+        perturb_flip=args.perturb_flip, train_clamp=args.train_clamp,
         random_start=args.random_start,
         stop_accuracy=stop, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, checkpoint_every=args.checkpoint_every,

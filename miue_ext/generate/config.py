@@ -53,6 +53,9 @@ class GenerationConfig:
     # and epoch; delta itself is not flipped): what the authors' released command does, since
     # their perturbation stage reads images through the training loader. See docs/fidelity.md.
     perturb_flip: bool = False
+    # Clamp x + delta to [0, 1] while training the surrogate. The authors do not (their training
+    # input can leave [0, 1] by up to eps); the perturbation steps always project. docs/fidelity.md.
+    train_clamp: bool = True
     perturb_augment: bool = False  # each perturbation step sees a random 4-pixel shift + flip of x + delta
     random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
     stop_accuracy: float | None = None  # EM's stop rule: stop once poisoned-train accuracy exceeds it
@@ -116,4 +119,4 @@ class GenerationConfig:
     # Settings that may change between a checkpoint and its resumption without changing the result.
     RESUMABLE_CHANGES = ("compile", "checkpoint_every")
     # Settings added after checkpoints already existed, with the behaviour those checkpoints had.
-    ADDED_LATER = {"perturb_augment": False, "perturb_flip": False}
+    ADDED_LATER = {"perturb_augment": False, "perturb_flip": False, "train_clamp": True}

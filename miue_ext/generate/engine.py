@@ -232,7 +232,7 @@ class _Run:
         bar = self.progress.stage("train", train_order.numel())
         loss_sum, correct = steps.train_epoch(
             self.train_forward, self.optimizer, self.images, self.labels, self.delta, classwise, train_order, flips,
-            train_batch, self.amp, cfg.channels_last, bar.train_update)
+            train_batch, self.amp, cfg.channels_last, bar.train_update, clamp=cfg.train_clamp)
         bar.close()
         if self.dist is not None:  # the same statistics, the same surrogate on every rank
             loss_sum, correct = _distributed().sum_across_ranks(loss_sum, correct)

@@ -48,12 +48,13 @@ def clean_batch(images, index, flip_mask=None) -> torch.Tensor:
     return x
 
 
-def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=None):
-    """(x + delta clamped to [0, 1], labels) for the samples in `index`; flips the clean image only."""
+def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=None, clamp: bool = True):
+    """(x + delta, clamped to [0, 1] if `clamp`, labels) for the samples in `index`; flips the clean image only."""
     x = clean_batch(images, index, flip_mask)
     y = labels.index_select(0, index)
     rows = delta.index_select(0, y if classwise else index)
-    return (x + rows).clamp_(0, 1), y
+    inputs = x + rows
+    return (inputs.clamp_(0, 1) if clamp else inputs), y
 
 
 def shift_and_flip(batch_nhwc: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
@@ -87,13 +88,13 @@ class RandomShiftFlip:
 
 def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, labels, delta,
                 classwise: bool, order, flip_mask, batch_size: int, amp, channels_last: bool,
-                on_batch: Callable[[torch.Tensor, torch.Tensor, int], None]):
+                on_batch: Callable[[torch.Tensor, torch.Tensor, int], None], clamp: bool = True):
     """One epoch of cross-entropy training on x + delta. Returns device sums (loss, correct)."""
     surrogate.train()
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for index in batches(order, batch_size):
-        inputs, y = perturbed_batch(images, labels, delta, classwise, index, flip_mask)
+        inputs, y = perturbed_batch(images, labels, delta, classwise, index, flip_mask, clamp)
         with amp():
             _, logits = surrogate(to_model_layout(inputs, channels_last))
         loss = cross_entropy(logits.float(), y)
