@@ -7,16 +7,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temporary_name_pattern(target_names: str) -> re.Pattern:
+    """The names atomic_write gives its temporary files (".<target>.<8 random characters>.tmp",
+    mkstemp's alphabet), for targets whose names match the regular expression `target_names`:
+    what a write killed mid-way (kill -9) leaves next to its target."""
+    return re.compile(rf"\.(?:{target_names})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """`with atomic_write(p) as f: f.write(...)`: p appears only if the block succeeds."""
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:

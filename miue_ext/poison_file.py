@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,9 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from miue_ext.atomic import atomic_write
+from miue_ext.datasets.limits import check_image_size, check_labels, check_npz_arrays
 from miue_ext.errors import InputError
 
 FORMAT_VERSION = 1
+ARRAYS = ("images", "labels", "perturbation", "meta")
+MAX_EPS = 1.0  # 255/255: no perturbation can exceed the pixel range
 
 
 def budget_pixels(eps: float) -> int:
@@ -78,33 +82,60 @@ def save_poison(path: str | os.PathLike, poisoned: np.ndarray, labels: np.ndarra
 
 
 def load_poison(path: str | os.PathLike, clean_images: np.ndarray | None = None) -> PoisonFile:
-    """Read and verify a poison file; with `clean_images`, also verify it was made from them."""
+    """Read and verify a poison file; with `clean_images`, also verify it was made from them.
+
+    Every problem, from an unreadable archive to an inconsistent perturbation, is one InputError.
+    """
     if not os.path.isfile(path):
         raise InputError(f"no such file: {path}")
     try:
+        check_npz_arrays(path, ARRAYS)  # sizes from the headers, before any allocation
         with np.load(path, allow_pickle=False) as archive:
-            missing = {"images", "labels", "perturbation", "meta"} - set(archive.files)
+            missing = set(ARRAYS) - set(archive.files)
             if missing:
                 raise InputError(f"{path}: not a poison file (missing {', '.join(sorted(missing))})")
             poison = PoisonFile(archive["images"], archive["labels"], archive["perturbation"],
                                 json.loads(str(archive["meta"])))
+        verify(poison, clean_images, name=str(path))
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: not a readable poison file ({err})") from None
-    verify(poison, clean_images, name=str(path))
     return poison
 
 
+def check_eps(meta: object, name: str = "poison") -> float:
+    """meta["eps"]: a finite JSON number in (0, MAX_EPS], the L-inf budget as a fraction of 255."""
+    if not isinstance(meta, dict):
+        raise InputError(f"{name}: meta must be a JSON object, got {type(meta).__name__}")
+    if "eps" not in meta:
+        raise InputError(f"{name}: meta has no 'eps' (the L-inf budget as a fraction of 255)")
+    eps = meta["eps"]
+    if (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps)
+            or not 0 < eps <= MAX_EPS):
+        raise InputError(f"{name}: meta eps must be a number in (0, {MAX_EPS:g}] (a fraction of 255, "
+                         f"e.g. {8 / 255:.5f} for 8/255), got {eps!r}")
+    return float(eps)
+
+
 def verify(poison: PoisonFile, clean_images: np.ndarray | None = None, name: str = "poison") -> None:
-    images, pert = poison.images, poison.perturbation
+    """Shapes, dtypes, labels, eps, budget and the round trip; every failure is one InputError."""
+    images, pert = np.asarray(poison.images), np.asarray(poison.perturbation)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise InputError(f"{name}: images must be uint8 [N, H, W, C]")
+        raise InputError(f"{name}: images must be uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
+    check_image_size(images.shape, name, min_side=1)
+    if images.shape[3] not in (1, 3):
+        raise InputError(f"{name}: images must have 1 or 3 channels (last axis), got {images.shape[3]}")
     if pert.shape != images.shape or pert.dtype not in (np.int8, np.int16):
-        raise InputError(f"{name}: perturbation must be int8/int16 with the images' shape")
-    if poison.labels.shape != (images.shape[0],):
-        raise InputError(f"{name}: {poison.labels.shape[0]} labels for {images.shape[0]} images")
-    bound = budget_pixels(poison.eps)
+        raise InputError(f"{name}: perturbation must be int8/int16 with the images' shape {list(images.shape)}, "
+                         f"got {pert.dtype} {list(pert.shape)}")
+    labels = np.asarray(poison.labels)
+    if labels.ndim != 1:
+        raise InputError(f"{name}: labels must be a vector [N], got shape {list(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise InputError(f"{name}: {labels.shape[0]} labels for {images.shape[0]} images")
+    poison.labels = check_labels(labels, name, dense=False)
+    bound = budget_pixels(check_eps(poison.meta, name))
     worst = int(np.abs(pert.astype(np.int16)).max(initial=0))
     if worst > bound:
         raise InputError(f"{name}: perturbation reaches {worst}/255, over the budget eps = {bound}/255")

@@ -55,7 +55,7 @@ def test_digits_fixed_disjoint_split():
 
 def test_npz_order_preserved(tmp_path):
     rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (7, 8, 9, 3), dtype=np.uint8)  # 8x8 is the minimum size
     labels = np.array([3, 0, 2, 2, 1, 0, 3])
     np.savez(tmp_path / "d.npz", images=images, labels=labels)
     data = load_dataset(f"npz:{tmp_path / 'd.npz'}")
@@ -87,7 +87,7 @@ def test_imagefolder_sorted_classes_and_files(tmp_path):
     for cls in ("b_dog", "a_cat"):
         (tmp_path / cls).mkdir()
         for name in ("2.png", "1.png"):
-            pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+            pixels = rng.integers(0, 256, (10, 9, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / cls / name)
             expected[(cls, name)] = pixels
     (tmp_path / "a_cat" / "notes.txt").write_text("ignored")

@@ -142,6 +142,7 @@ def build_config(args: argparse.Namespace, device_type: str):
 def _check_out(args: argparse.Namespace) -> None:
     from miue_ext.atomic import check_writable
     from miue_ext.errors import InputError
+    from miue_ext.generate.checkpoint import check_checkpoint_folder
     from miue_ext.output_safety import check_checkpoint_dir, check_output_path, data_file_of
 
     out = args.out
@@ -151,7 +152,13 @@ def _check_out(args: argparse.Namespace) -> None:
         check_writable(out)
     except OSError as err:
         raise InputError(f"cannot write --out {out}: {err.strerror or err}") from None
-    check_checkpoint_dir(_checkpoint_dir(args), owned_by_default=args.checkpoint_dir is None)
+    # The checkpoint folder: a folder (not a file), not someone else's, writable; all before epoch 1.
+    folder = _checkpoint_dir(args)
+    if args.checkpoint_dir is not None:
+        check_checkpoint_folder(folder, "--checkpoint-dir")
+    check_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
+    if args.checkpoint_dir is None:
+        check_checkpoint_folder(folder, "the checkpoint folder (--out + .ckpt)")
 
 
 def _load_data(args: argparse.Namespace):
@@ -169,6 +176,19 @@ def _load_data(args: argparse.Namespace):
 
 def _checkpoint_dir(args: argparse.Namespace) -> Path:
     return Path(args.checkpoint_dir or f"{args.out}.ckpt")
+
+
+def _remove_stale_temporaries(folder: Path) -> list[Path]:
+    """While holding the folder's lock: delete what a killed checkpoint write left (only those names)."""
+    from miue_ext.generate.checkpoint import remove_stale_temporaries
+
+    return remove_stale_temporaries(folder)
+
+
+def _log_removed(log, folder: Path, removed: list[Path]) -> None:
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) of an interrupted checkpoint write from {folder}: "
+            + ", ".join(path.name for path in removed))
 
 
 def _announce(log, args, config, dataset, device, processes: str = "") -> None:
@@ -212,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     folder = _checkpoint_dir(args)
     created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
     with exclusive_use(folder):
+        _log_removed(log, folder, _remove_stale_temporaries(folder))
         try:
             result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
                               device=str(device), checkpoint_dir=folder, resume=args.resume,
@@ -253,7 +274,7 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
     # owns the checkpoint folder's marker and lock for the group; a folder in use by another run
     # is such an input too.
     problem, signature, config, dataset = None, None, None, None
-    folder, created = _checkpoint_dir(args), False
+    folder, created, removed = _checkpoint_dir(args), False, []
     with contextlib.ExitStack() as held:
         try:
             if ctx.is_main:
@@ -270,6 +291,7 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             if ctx.is_main:
                 created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
                 held.enter_context(exclusive_use(folder))
+                removed = _remove_stale_temporaries(folder)
         except InputError as err:
             problem = str(err)
         try:
@@ -277,6 +299,7 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             log = _logger(args.progress) if ctx.is_main else (lambda line: None)
             processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
             _announce(log, args, config, dataset, ctx.device.type, processes)
+            _log_removed(log, folder, removed)
             result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
                               checkpoint_dir=folder, resume=args.resume,
                               progress=args.progress and ctx.is_main, log=log, distributed=ctx)

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from miue_ext.datasets.limits import check_image_size, check_labels
 from miue_ext.errors import InputError
 
 
 @dataclass
 class ImageDataset:
     images: np.ndarray  # uint8 [N, H, W, C]
-    labels: np.ndarray  # int64 [N], values in [0, num_classes)
+    labels: np.ndarray  # int64 [N], values in [0, num_classes) (see limits.check_labels)
     name: str
     num_classes: int = 0  # 0: infer as max(label) + 1
     class_names: list[str] = field(default_factory=list)
@@ -30,18 +31,12 @@ class ImageDataset:
             raise InputError(
                 f"{self.name}: {labels.shape[0] if labels.ndim else 0} labels for {self.images.shape[0]} images"
             )
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(f"{self.name}: labels must be integers, got {labels.dtype}")
         if len(self) == 0:
-            raise InputError(f"{self.name}: the data set is empty")
-        if labels.min() < 0:
-            raise InputError(f"{self.name}: labels must be >= 0")
-        self.labels = labels.astype(np.int64)
-        needed = int(self.labels.max()) + 1
+            check_image_size(self.images.shape, self.name)  # "holds 0 images"
+        self.labels = check_labels(labels, self.name, self.num_classes)
+        check_image_size(self.images.shape, self.name)  # after the labels: their errors come first
         if self.num_classes == 0:
-            self.num_classes = needed
-        elif needed > self.num_classes:
-            raise InputError(f"{self.name}: label {needed - 1} >= number of classes {self.num_classes}")
+            self.num_classes = int(self.labels.max()) + 1
         if not self.class_names:
             self.class_names = [str(c) for c in range(self.num_classes)]
 

@@ -112,7 +112,7 @@ class _Run:
             model = build_model(model_name, dataset.num_classes, dataset.images.shape[3])
         else:
             model_name = type(model).__name__
-        self.model_name = model_name
+        self.model_name, self.feature_layer = model_name, feature_layer
         self.surrogate = FeatureSurrogate(model, feature_layer).to(device)
         if config.channels_last:
             self.surrogate = self.surrogate.to(memory_format=torch.channels_last)
@@ -150,7 +150,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.capture_rng_state(), "delta": self.delta.cpu(), "history": self.history,
             "config": self.config.to_dict(), "fingerprint": self.fingerprint, "seconds": seconds,
-            "surrogate": self.model_name, "stopped_early": self.stopped_early,
+            "surrogate": self.model_name, "feature_layer": self.feature_layer, "stopped_early": self.stopped_early,
         }
 
     def _resume(self) -> None:
@@ -159,24 +159,72 @@ class _Run:
         if self.dist is not None:
             from miue_ext.generate import sharded_checkpoint
 
-            state = sharded_checkpoint.load(self.checkpoint_dir, self.dist)
+            state = sharded_checkpoint.load(self.checkpoint_dir, self.dist, delta_shape=tuple(self.delta.shape))
             where = sharded_checkpoint.path_for_log(self.checkpoint_dir)
         else:
             state, where = ckpt.load_checkpoint(self.checkpoint_dir), ckpt.checkpoint_path(self.checkpoint_dir)
-        ckpt.check_compatible(state["config"], self.config.to_dict(), state["fingerprint"], self.fingerprint,
-                              ignore=GenerationConfig.RESUMABLE_CHANGES, added_later=GenerationConfig.ADDED_LATER)
-        self.surrogate.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.delta.copy_(state["delta"])
-        ckpt.restore_rng_state(state["rng"])
-        self.history = list(state["history"])
-        self.start_epoch, self.previous_seconds = state["epoch"] + 1, state["seconds"]
-        self.has_checkpoint = True
-        self.stopped_early = bool(state["stopped_early"])
-        if self.stopped_early:  # EM's stop rule had ended the run: nothing left to do
-            self.start_epoch = self.config.epochs + 1
+        problem = None
+        try:
+            self._restore(state, where)
+        except InputError as err:
+            if self.dist is None:
+                raise
+            problem = str(err)
+        if self.dist is not None:  # every rank stops with the same line, or none does
+            _distributed().agree(self.dist, problem)
         self.log(f"resumed from {where} after epoch {state['epoch']}")
+
+    def _restore(self, state: dict, where) -> None:
+        """Check `state` (keys and types, settings and data, values), then take it over."""
+        cfg = self.config
+        ckpt.check_structure(state, where)
+        # The surrogate is part of the settings: the model's name (always saved) and its feature
+        # layer (saved since checksummed checkpoints; not compared for older ones).
+        saved_model = state["surrogate"]
+        if _model_class_name(saved_model) == _model_class_name(self.model_name):
+            saved_model = self.model_name  # e.g. "smallcnn" from the CLI, a SmallCNN passed from Python
+        saved = {**state["config"], "model": saved_model}
+        ours = {**cfg.to_dict(), "model": self.model_name, "feature_layer": self.feature_layer}
+        ignore = GenerationConfig.RESUMABLE_CHANGES
+        if "feature_layer" in state:
+            saved["feature_layer"] = state["feature_layer"]
+        else:
+            ignore = (*ignore, "feature_layer")
+        ckpt.check_compatible(saved, ours, state["fingerprint"], self.fingerprint,
+                              ignore=ignore, added_later=GenerationConfig.ADDED_LATER)
+        ckpt.check_values(state, where, delta_shape=tuple(self.delta.shape), eps=cfg.eps, epochs=cfg.epochs,
+                          mode=cfg.mode)
+        for key, part, target in (("model", "surrogate weights", self.surrogate.model),
+                                  ("optimizer", "optimizer state", self.optimizer),
+                                  ("scheduler", "LR scheduler state", self.scheduler)):
+            try:
+                target.load_state_dict(state[key])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+                raise InputError(f"{where}: the checkpoint's {part} does not fit this run's surrogate "
+                                 f"{self.model_name} ({_first_line(err)})") from None
+        self.delta.copy_(state["delta"])
+        try:
+            ckpt.restore_rng_state(state["rng"])
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            raise InputError(f"{where}: checkpoint RNG state cannot be restored ({_first_line(err)})") from None
+        self.history = list(state["history"])
+        self.start_epoch, self.previous_seconds = state["epoch"] + 1, float(state["seconds"])
+        self.has_checkpoint = True
+        self.stopped_early = bool(state.get("stopped_early", False))  # not saved by the first versions
+        if self.stopped_early:  # EM's stop rule had ended the run: nothing left to do
+            self.start_epoch = cfg.epochs + 1
+
+    def _check_checkpoint_folder(self) -> None:
+        """Before epoch 1: the checkpoint folder can be written (not a file, not read-only)."""
+        problem = None
+        try:
+            ckpt.check_checkpoint_folder(self.checkpoint_dir)
+        except InputError as err:
+            if self.dist is None:
+                raise
+            problem = str(err)
+        if self.dist is not None:
+            _distributed().agree(self.dist, problem)
 
     def _save_checkpoint(self, state: dict) -> None:
         if self.dist is None:
@@ -189,6 +237,8 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool) -> GenerationResult:
+        if self.checkpoint_dir is not None:
+            self._check_checkpoint_folder()
         if resume:
             self._resume()
         started = time.perf_counter()
@@ -308,6 +358,16 @@ def _distributed():
     from miue_ext.generate import distributed
 
     return distributed
+
+
+def _model_class_name(name: str) -> str:
+    """The class of a built-in model's name (a model given as a module is known by its class)."""
+    return {"resnet18": "ResNet18", "smallcnn": "SmallCNN"}.get(name, name)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _format_record(record: dict, epochs: int) -> str:

@@ -12,10 +12,13 @@ never overwritten), the ranks agree that all writes succeeded, rank 0 replaces t
 atomically, and then each rank deletes its own files of earlier epochs. A kill at any moment
 leaves the previous manifest and every file it names. The folder should be on a file system
 all nodes see (each rank reads its own file, rank 0 the manifest).
+
+Shard files have the single-process file format (checkpoint.write_checked: the torch.save bytes
+and a SHA-256 trailer): each rank verifies its own file's checksum and contents on loading, and
+all ranks agree on the outcome, so a damaged shard stops every rank with the same line.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
@@ -25,7 +28,7 @@ import torch
 from miue_ext.atomic import atomic_write
 from miue_ext.errors import InputError
 from miue_ext.generate import distributed
-from miue_ext.generate.checkpoint import CHECKPOINT_NAME
+from miue_ext.generate.checkpoint import CHECKPOINT_NAME, REQUIRED, check_structure, read_checked, write_checked
 from miue_ext.generate.distributed import DistributedContext
 
 MANIFEST_NAME = "manifest.json"
@@ -60,10 +63,7 @@ def save(directory: str | Path, state: dict, ctx: DistributedContext) -> None:
     problem = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(shard, buffer)
-        with atomic_write(directory / shard_name(epoch, ctx.rank, world)) as handle:
-            handle.write(buffer.getbuffer())
+        write_checked(directory / shard_name(epoch, ctx.rank, world), shard)
     except OSError as err:
         problem = f"cannot write the checkpoint shard in {directory}: {err.strerror or err}"
     distributed.agree(ctx, problem)  # a manifest must only name files that all exist
@@ -107,8 +107,39 @@ def _read_manifest(directory: Path, world_size: int) -> dict:
     return manifest
 
 
-def load(directory: str | Path, ctx: DistributedContext) -> dict:
-    """Collective: each rank's saved state, with the full delta reassembled from all shards."""
+# What a shard holds instead of "delta".
+SHARD_REQUIRED = {**{key: types for key, types in REQUIRED.items() if key != "delta"},
+                  "delta_rows": torch.Tensor, "delta_total_rows": int, "rank": int, "world_size": int}
+
+
+def _read_shard(path: Path, manifest: dict, ctx: DistributedContext, delta_shape: tuple | None) -> dict:
+    """This rank's shard, verified (checksum, keys, types, which manifest it belongs to, the
+    shape of its delta rows); InputError otherwise."""
+    try:
+        state = read_checked(path, "checkpoint shard")
+    except FileNotFoundError:
+        raise InputError(f"--resume: checkpoint shard {path} is missing") from None
+    check_structure(state, path, SHARD_REQUIRED)
+    if (state["epoch"], state["rank"], state["world_size"]) != (manifest["epoch"], ctx.rank, ctx.world_size):
+        raise InputError(f"{path}: does not belong to the manifest (epoch/rank/world size differ)")
+    total, rows = state["delta_total_rows"], state["delta_rows"]
+    if delta_shape is not None and total != delta_shape[0]:
+        raise InputError(f"{path}: the checkpoint's perturbation has {total} rows, but this data and mode need "
+                         f"{delta_shape[0]}")
+    owned = len(owned_rows(max(total, 0), ctx.rank, ctx.world_size))
+    row_shape = tuple(delta_shape[1:]) if delta_shape is not None else tuple(rows.shape[1:])
+    if total < 0 or tuple(rows.shape) != (owned, *row_shape):
+        raise InputError(f"{path}: holds delta rows of shape {list(rows.shape)}, expected {[owned, *row_shape]} "
+                         f"(rows {ctx.rank}::{ctx.world_size} of {total})")
+    if not rows.is_floating_point():
+        raise InputError(f"{path}: the checkpoint's perturbation has dtype {rows.dtype}, expected floating point")
+    return state
+
+
+def load(directory: str | Path, ctx: DistributedContext, delta_shape: tuple | None = None) -> dict:
+    """Collective: each rank's saved state, with the full delta reassembled from all shards.
+
+    `delta_shape`: the shape this run's delta has (checked before the rows are exchanged)."""
     directory = Path(directory)
     problem, manifest = None, None
     if ctx.is_main:
@@ -122,15 +153,14 @@ def load(directory: str | Path, ctx: DistributedContext) -> dict:
     path = directory / manifest["files"][ctx.rank]
     state, problem = None, None
     try:
-        # weights_only: a checkpoint is data; never execute code from it.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if (state.get("epoch"), state.get("rank"), state.get("world_size")) != (manifest["epoch"], ctx.rank, ctx.world_size):
-            problem = f"{path}: does not belong to the manifest (epoch/rank/world size differ)"
-    except FileNotFoundError:
-        problem = f"--resume: checkpoint shard {path} is missing"
-    except Exception as err:  # torch raises many types for a damaged file
-        problem = f"{path}: unreadable checkpoint shard ({type(err).__name__}: {err})"
-    distributed.agree(ctx, problem)
+        state = _read_shard(path, manifest, ctx, delta_shape)
+    except InputError as err:
+        problem = str(err)
+    # Without a given shape, the ranks' rows must still agree in shape and dtype to be exchanged.
+    signature = None if state is None else {"delta row shape": list(state["delta_rows"].shape[1:]),
+                                            "delta dtype": str(state["delta_rows"].dtype),
+                                            "delta rows": state["delta_total_rows"]}
+    distributed.agree(ctx, problem, signature)
     rows = state.pop("delta_rows")
     delta = torch.zeros((state.pop("delta_total_rows"), *rows.shape[1:]), dtype=rows.dtype, device=ctx.device)
     owners = [owned_rows(len(delta), r, ctx.world_size, ctx.device) for r in range(ctx.world_size)]
