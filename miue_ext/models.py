@@ -1,4 +1,8 @@
-"""Surrogate and victim networks, and the adapter that gives any network a feature output.
+"""Surrogate and victim networks, their registry, and the adapter that gives any network a feature output.
+
+REGISTRY maps each `--model` name to its constructor and says whether it may be a surrogate
+(`miue generate`, build_model) and/or a victim (`miue evaluate`, evaluate.victims.build_victim).
+Every built-in model exposes `forward_features(x) -> [B, D]` and `classifier`.
 
 The generation engine needs two things from a surrogate for every batch: the penultimate
 features f (for the MI objectives) and the logits (for the cross-entropy training epoch and
@@ -11,13 +15,14 @@ the `ce` objective). `FeatureSurrogate` provides both for three kinds of model:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from miue_ext.errors import InputError
-
-MODEL_NAMES = ("resnet18", "smallcnn")
 
 
 class BasicBlock(nn.Module):
@@ -100,12 +105,124 @@ class SmallCNN(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
+class ResNet10(nn.Module):
+    """ResNet-18's CIFAR stem and four stages with one BasicBlock each, channels 32-64-128-256:
+    a residual network (strided convolutions, shortcuts) unlike the VGG-style `smallcnn`
+    surrogate, cheap enough for two CPU cores. A victim only."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        blocks, in_planes = [], width
+        for planes, stride in zip((width, 2 * width, 4 * width, 8 * width), (1, 2, 2, 2)):
+            blocks.append(BasicBlock(in_planes, planes, stride))
+            in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_dim = in_planes
+        self.classifier = nn.Linear(in_planes, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.relu(self.bn1(self.conv1(x)))).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(nn.Module):
+    """VGG-11 with batch norm (CIFAR variant, 512-d features): the default victim on CUDA, where
+    the default surrogate is ResNet-18. A victim only."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        layers, channels = [], in_channels
+        for item in VGG11_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, item, 3, 1, 1, bias=False), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
+                channels = item
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = channels
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # mean over what is left of H, W: works for any input size that survives 5 poolings
+        return self.features(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+class PlainCNN(nn.Module):
+    """A second family: a VGG-style CNN with no batch norm and with dropout (channels 32-64-128,
+    two 3x3 convolutions per stage, a 256-unit hidden layer). Batch-norm statistics are one route
+    by which a poison can steer a victim, so a poison should be judged on a model without them
+    too; it needs a smaller learning rate (evaluate/victims.py: DEFAULT_LR). A victim only."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 256):
+        super().__init__()
+        layers, channels = [], in_channels
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(channels, width, 3, 1, 1), nn.ReLU(inplace=True),
+                       nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2), nn.Dropout(0.25)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.hidden = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(0.5)
+        self.feature_dim = hidden
+        self.classifier = nn.Linear(hidden, num_classes)
+        # He initialisation: without batch norm, PyTorch's default (a smaller variance) shrinks
+        # the signal through six ReLU convolutions and the network barely starts to learn.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(self.features(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.forward_features(x)))
+
+
+# --- the registry: every built-in network by its --model name -------------------------------------
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[[int, int], nn.Module]  # build(num_classes, in_channels)
+    surrogate: bool  # `miue generate --model NAME` may use it
+    victim: bool  # `miue evaluate --model NAME` (and `miue mi`) may use it
+
+
+# In the order the help texts and error messages list the names.
+REGISTRY: dict[str, ModelEntry] = {
+    "resnet10": ModelEntry(ResNet10, surrogate=False, victim=True),
+    "plaincnn": ModelEntry(PlainCNN, surrogate=False, victim=True),
+    "vgg11": ModelEntry(VGG11, surrogate=False, victim=True),
+    "resnet18": ModelEntry(ResNet18, surrogate=True, victim=True),
+    "smallcnn": ModelEntry(SmallCNN, surrogate=True, victim=True),
+}
+MODEL_NAMES = tuple(name for name, entry in REGISTRY.items() if entry.surrogate)  # the surrogates
+VICTIM_NAMES = tuple(name for name, entry in REGISTRY.items() if entry.victim)
+# --model auto: by default a poison is judged on an architecture it was not optimised against.
+DEFAULT_SURROGATE = {"cpu": "smallcnn", "cuda": "resnet18"}
+DEFAULT_VICTIM = {"cpu": "resnet10", "cuda": "vgg11"}
+
+
+def build_registered(name: str, names: tuple[str, ...], num_classes: int, in_channels: int = 3) -> nn.Module:
+    """The registered network `name`, which must be one of `names` (MODEL_NAMES or VICTIM_NAMES)."""
+    if name not in names:
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(names)}")
+    return REGISTRY[name].build(num_classes, in_channels)
+
+
 def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    if name == "resnet18":
-        return ResNet18(num_classes, in_channels)
-    if name == "smallcnn":
-        return SmallCNN(num_classes, in_channels)
-    raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    """A surrogate for generation (MODEL_NAMES)."""
+    return build_registered(name, MODEL_NAMES, num_classes, in_channels)
 
 
 class FeatureSurrogate(nn.Module):

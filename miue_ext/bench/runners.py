@@ -19,6 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from miue_ext import ops
+from miue_ext import reference as ref
+
 TEMPERATURE, ZETA = 0.1, 0.1
 ALPHA, EPS = 0.8 / 255, 8 / 255
 IMAGE_SHAPE = (3, 32, 32)
@@ -74,9 +77,6 @@ def intra_class_cosine_authors(features, labels):
 
 def _loss_forms():
     """{provider: {op: f(features, labels) -> 0-dim loss}} for every provider but floor/compiled."""
-    import miue_ext.ops as ops
-    import miue_ext.reference as ref
-
     return {
         "fused": {
             "mi_ue_loss": lambda f, y: ops.mi_ue_loss(f, y, TEMPERATURE, ZETA),
@@ -209,14 +209,10 @@ def floor_runner(mode: str, features) -> Runner:
 
 
 def pgd_eager_(delta, x, grad):
-    import miue_ext.reference as ref
-
     return delta.copy_(ref.pgd_update(delta, x, grad, ALPHA, EPS))
 
 
 def pgd_indexed_eager_(poison, index, x, grad):
-    import miue_ext.reference as ref
-
     poison[index] = ref.pgd_update(poison[index], x, grad, ALPHA, EPS)
     return poison
 
@@ -231,8 +227,6 @@ def pgd_inputs(shape, device, seed: int = 0):
 
 def pgd_runner(provider: str, shape, device) -> Runner:
     """delta <- proj(delta - alpha sign(grad)) in place on tensors of `shape`."""
-    import miue_ext.ops as ops
-
     delta, x, grad = pgd_inputs(shape, device)
     if provider == "floor":  # a copy of 2n elements reads 2n and writes 2n, as the update does
         source = torch.rand(2 * delta.numel(), device=device)
@@ -245,8 +239,6 @@ def pgd_runner(provider: str, shape, device) -> Runner:
 
 def pgd_indexed_runner(provider: str, pool_rows: int, batch: int, device) -> Runner:
     """The rows poison[index] of a [pool_rows, 3, 32, 32] pool, as the generation engine updates them."""
-    import miue_ext.ops as ops
-
     poison, _, _ = pgd_inputs((pool_rows, *IMAGE_SHAPE), device, seed=1)
     delta, x, grad = pgd_inputs((batch, *IMAGE_SHAPE), device, seed=2)
     index = torch.randperm(pool_rows, generator=torch.Generator(device).manual_seed(3), device=device)[:batch]

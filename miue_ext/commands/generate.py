@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from miue_ext.generate.config import METHODS, MODES, OBJECTIVES
+from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES
 
 CPU_DEFAULT_EPOCHS = 20  # ~13 s per epoch for `patches` on 2 idle cores (~5 min); ~11 min measured on a busy machine
 GPU_DEFAULT_EPOCHS = 100
@@ -65,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     method.add_argument("--no-stop-rule", action="store_true", help="em without its stop rule")
 
     surrogate = p.add_argument_group("surrogate training")
-    surrogate.add_argument("--model", default="auto", metavar="NAME", help="resnet18 | smallcnn (default: resnet18 on CUDA, smallcnn on CPU)")
+    surrogate.add_argument("--model", default="auto", metavar="NAME", help=f"{' | '.join(MODEL_NAMES)} (default: "
+                           f"{DEFAULT_SURROGATE['cuda']} on CUDA, {DEFAULT_SURROGATE['cpu']} on CPU)")
     surrogate.add_argument("--feature-layer", metavar="NAME", help="name of the layer whose output is the feature vector")
     surrogate.add_argument("--batch-size", type=int, metavar="B", help="surrogate training batch (default 128)")
     surrogate.add_argument("--poison-batch-size", type=int, metavar="B", help="perturbation batch (default 512)")

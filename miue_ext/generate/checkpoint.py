@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -34,6 +35,7 @@ from miue_ext.atomic import atomic_write, temporary_name_pattern
 from miue_ext.errors import InputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+MANIFEST_NAME = "manifest.json"  # a multi-process run's commit point (see sharded_checkpoint)
 CHECKSUM_MAGIC = b"MIUE-CKPT-SHA256"  # then the 32-byte SHA-256 of everything before the trailer
 TRAILER_SIZE = len(CHECKSUM_MAGIC) + hashlib.sha256().digest_size
 _ZIP_END = b"PK\x05\x06"  # a plain torch.save file (no trailer) ends with this 22-byte zip record
@@ -52,6 +54,14 @@ EPS_SLACK_REL, EPS_SLACK_ABS = 1e-5, 1e-6
 
 def checkpoint_path(directory: str | Path) -> Path:
     return Path(directory) / CHECKPOINT_NAME
+
+
+def manifest_world_size(directory: str | Path) -> int | None:
+    """The world size of the sharded checkpoint in `directory`, or None if it has none."""
+    try:
+        return int(json.loads((Path(directory) / MANIFEST_NAME).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def capture_rng_state() -> dict:
@@ -157,8 +167,6 @@ def save_checkpoint(directory: str | Path, state: dict) -> Path:
 def load_checkpoint(directory: str | Path) -> dict:
     path = checkpoint_path(directory)
     if not path.is_file():
-        from miue_ext.generate.sharded_checkpoint import manifest_world_size
-
         saved_world = manifest_world_size(directory)
         if saved_world is not None:  # written by a torchrun group
             raise InputError(f"--resume: the checkpoint in {directory} was written by {saved_world} processes, this run "
@@ -278,7 +286,7 @@ def check_compatible(saved_config: dict, config: dict, saved_fingerprint: str, f
 
 # --- the folder --------------------------------------------------------------------------------
 # Names of the files generation writes into a checkpoint folder (regular expressions).
-_WRITTEN_NAMES = (re.escape(CHECKPOINT_NAME), re.escape("manifest.json"), r"epoch\d+-rank\d+-of\d+\.pt")
+_WRITTEN_NAMES = (re.escape(CHECKPOINT_NAME), re.escape(MANIFEST_NAME), r"epoch\d+-rank\d+-of\d+\.pt")
 
 
 def stale_temporaries(directory: str | Path) -> list[Path]:

@@ -25,7 +25,7 @@ from miue_ext.generate import steps
 from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.objectives import make_objective
 from miue_ext.generate.progress import Progress
-from miue_ext.models import FeatureSurrogate, build_model
+from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES, REGISTRY, FeatureSurrogate, build_model
 
 
 @dataclass
@@ -55,7 +55,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_model_name(device: torch.device) -> str:
-    return "resnet18" if device.type == "cuda" else "smallcnn"
+    return DEFAULT_SURROGATE["cuda" if device.type == "cuda" else "cpu"]
 
 
 def _epoch_generator(seed: int, epoch: int, stage: int) -> torch.Generator:
@@ -362,7 +362,7 @@ def _distributed():
 
 def _model_class_name(name: str) -> str:
     """The class of a built-in model's name (a model given as a module is known by its class)."""
-    return {"resnet18": "ResNet18", "smallcnn": "SmallCNN"}.get(name, name)
+    return REGISTRY[name].build.__name__ if name in MODEL_NAMES else name
 
 
 def _first_line(err: BaseException) -> str:

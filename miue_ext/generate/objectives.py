@@ -1,7 +1,6 @@
 """Perturbation objectives: each returns the scalar the perturbation step *minimises*.
 
-The MI objectives call the fused ops; there is deliberately no fallback to a slow path: if
-the compiled extension is missing, importing `miue_ext.ops` fails loudly.
+The MI objectives call the fused ops; there is deliberately no fallback to a slow path.
 """
 from __future__ import annotations
 
@@ -9,6 +8,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from miue_ext import ops
 
 Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -24,9 +25,6 @@ def make_objective(name: str, temperature: float = 0.1, zeta: float = 0.1) -> Ob
     """`objective(features [B, D] float32, logits [B, C] float32, labels [B]) -> 0-dim loss`."""
     if name == "ce":  # error-minimizing noise: make the surrogate's loss small
         return lambda features, logits, labels: cross_entropy(logits, labels)
-
-    import miue_ext.ops as ops
-
     if name == "mi":
         return lambda features, logits, labels: ops.mi_ue_loss(features, labels, temperature, zeta)
     if name == "sim":

@@ -28,10 +28,17 @@ import torch
 from miue_ext.atomic import atomic_write
 from miue_ext.errors import InputError
 from miue_ext.generate import distributed
-from miue_ext.generate.checkpoint import CHECKPOINT_NAME, REQUIRED, check_structure, read_checked, write_checked
+from miue_ext.generate.checkpoint import (  # noqa: F401  (MANIFEST_NAME, manifest_world_size: public here too)
+    CHECKPOINT_NAME,
+    MANIFEST_NAME,
+    REQUIRED,
+    check_structure,
+    manifest_world_size,
+    read_checked,
+    write_checked,
+)
 from miue_ext.generate.distributed import DistributedContext
 
-MANIFEST_NAME = "manifest.json"
 FORMAT = "miue-sharded-checkpoint-1"
 
 
@@ -42,14 +49,6 @@ def shard_name(epoch: int, rank: int, world_size: int) -> str:
 def owned_rows(n: int, rank: int, world_size: int, device=None) -> torch.Tensor:
     """The rows of delta rank `rank` stores in its checkpoint file (fixed, unlike the epoch's shuffle)."""
     return torch.arange(rank, n, world_size, device=device)
-
-
-def manifest_world_size(directory: str | Path) -> int | None:
-    """The world size of the sharded checkpoint in `directory`, or None if it has none."""
-    try:
-        return int(json.loads((Path(directory) / MANIFEST_NAME).read_text())["world_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def save(directory: str | Path, state: dict, ctx: DistributedContext) -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from miue_ext import ops
 from miue_ext.generate.objectives import Objective, cross_entropy
 
 
@@ -121,8 +122,6 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
     a multi-GPU run would pass each rank its shard, e.g. order[rank::world_size].
     Returns the device sum of the objective over all steps and batches.
     """
-    import miue_ext.ops as ops
-
     loss_sum = torch.zeros((), device=images.device)
     for index in batches(order, batch_size):
         x = clean_batch(images, index, flip_mask)

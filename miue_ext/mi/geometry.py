@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from miue_ext import ops
+
 COVARIANCE_RIDGE = 1e-6
 
 
 def intra_class_cosine(features: np.ndarray, labels: np.ndarray) -> float:
     """Mean cosine similarity over same-class pairs i != j (the fused op of miue_ext.ops)."""
-    import miue_ext.ops as ops
-
     value = ops.intra_class_cosine(torch.as_tensor(features, dtype=torch.float32),
                                    torch.as_tensor(labels, dtype=torch.int64))
     return float(value)
