@@ -35,9 +35,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and err.filename is None:
+            # write() and fsync() failing (e.g. ENOSPC) name no file: name the one being written,
+            # so that the message a user sees says which output did not fit.
+            err.filename = str(target)
         raise
 
 

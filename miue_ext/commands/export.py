@@ -6,6 +6,8 @@ example:  miue export poison.npz poison_png/
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,9 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from miue_ext.errors import InputError, writing
     from miue_ext.poison_file import export_poison, load_poison
 
+    out = Path(args.out_dir)  # "link/" names the link itself, as the folder would be created in its place
+    if out.is_symlink():  # never write through a link, even one that points nowhere (yet)
+        raise InputError(f"{args.out_dir} is a symbolic link (to {os.readlink(out)}); "
+                         "refusing to write through it: choose a new folder")
     poison = load_poison(args.poison)
-    export_poison(poison, args.out_dir)
+    with writing(args.out_dir):  # a full disk: one line naming the folder; the staging folder is removed
+        export_poison(poison, args.out_dir)
     print(f"wrote {len(poison.labels)} images, labels.csv and perturbation.pt to {args.out_dir}")
     return 0

@@ -57,7 +57,7 @@ def default_out(poison: str, defense: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from miue_ext.errors import InputError
+    from miue_ext.errors import InputError, writing
     from miue_ext.evaluate.defenses import parse_defense
     from miue_ext.evaluate.evaluation import evaluate_poison
     from miue_ext.evaluate.report import check_new_folder, write_report
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     log = _logger(args.progress)
     result = evaluate_poison(args.poison, train, test, data_spec, model_name, config, defense,
                              random_eps=args.eps / 255, device=device, progress=args.progress, log=log)
-    write_report(out, result.report, result.model.state_dict())
+    with writing(out):  # e.g. a full disk: one line naming the folder; the staging folder is removed
+        write_report(out, result.report, result.model.state_dict())
     report = result.report
     log(f"{report['poison']['name']}: final clean test accuracy {100 * report['final_test_acc']:.2f}%, peak "
         f"{100 * report['peak_test_acc']:.2f}% (epoch {report['peak_epoch']}), {report['wall_time_s']:.0f}s -> {out}/")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from miue_ext.mi.sliced import ESTIMATORS
 
@@ -53,7 +54,7 @@ def _estimators(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from miue_ext.atomic import atomic_write, check_writable
-    from miue_ext.errors import InputError
+    from miue_ext.errors import InputError, writing
     from miue_ext.mi.analysis import analyse
     from miue_ext.mi.victim_rows import load_row
 
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write --out {args.out}: {err.strerror or err}") from None
     log = print if not args.progress else _tqdm_log()
     rows = [load_row(spec, args, log) for spec in args.rows]  # every row resolves (or fails) first
+    for spec, row in zip(args.rows, rows):
+        if Path(spec).is_dir():  # a report folder: its victim is only loaded, so a bad file fails now
+            row.train = _loaded_victim(row, Path(spec))
     datasets = {row.data_spec for row in rows}
     if len(datasets) > 1:
         raise InputError(f"the rows come from different data sets ({', '.join(sorted(datasets))})")
@@ -79,12 +83,30 @@ def run(args: argparse.Namespace) -> int:
                         "final_test_acc": row.final_test_acc, "peak_test_acc": row.peak_test_acc, **analysis})
     document = {"format": "miue-mi-table", "version": 1, "data": rows[0].data_spec, "estimators": list(estimators),
                 "pairing": "sample: features of x_n and of x_n + delta_n", "units": "nats", "rows": results}
-    with atomic_write(args.out) as handle:
+    with writing(args.out), atomic_write(args.out) as handle:
         handle.write((json.dumps(document, indent=2) + "\n").encode())
     for line in format_table(results, estimators):
         print(line)
     print(f"wrote {args.out}")
     return 0
+
+
+def _loaded_victim(row, folder: Path):
+    """The report's trained victim, loaded now; a corrupt, truncated or foreign victim.pt is an
+    InputError naming it (torch's own message would advise weights_only=False: never do that)."""
+    import pickle
+
+    from miue_ext.errors import InputError
+    from miue_ext.evaluate.report import MODEL_FILE
+
+    try:
+        model = row.train()
+    except InputError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:  # torch.load, load_state_dict
+        raise InputError(f"{folder / MODEL_FILE}: not a readable {row.model_name} victim ({type(err).__name__}: "
+                         "corrupt, truncated or from another model); re-run `miue evaluate` to write it again") from None
+    return lambda: model
 
 
 def format_table(results: list[dict], estimators: tuple[str, ...]) -> list[str]:
