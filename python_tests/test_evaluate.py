@@ -143,3 +143,12 @@ def test_plot_several_reports(tiny, capsys):
     assert "random 8/255" in capsys.readouterr().out
     assert run_command(["plot", str(folder / "clean"), str(folder / "nothing"), "--out", str(folder / "x.png")]) == 2
     assert not (folder / "x.png").exists()
+
+
+def test_vgg11_refuses_images_it_would_pool_to_nothing():
+    """VGG-11 halves its input five times: 31x31 or smaller ends in a zero-size map (a deep
+    RuntimeError before); the check names the victim, the size and what to choose instead."""
+    with pytest.raises(InputError, match=r"victim vgg11 needs images of at least 32x32.*these are 16x24"):
+        build_victim("vgg11", 10, 3, (16, 24))
+    assert build_victim("vgg11", 10, 3, (32, 32))(torch.zeros(1, 3, 32, 32)).shape[-1] == 10
+    assert build_victim("resnet10", 10, 3, (16, 24))(torch.zeros(1, 3, 16, 24)).shape[-1] == 10

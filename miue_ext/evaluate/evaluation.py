@@ -44,7 +44,7 @@ def evaluate_poison(poison: str, train: ImageDataset, test: ImageDataset, data_s
     if surrogate == model_name:
         log(f"note: the victim {model_name} is the poison's surrogate architecture (a white-box evaluation)")
     torch.manual_seed(config.seed)  # victim initialisation
-    model = build_victim(model_name, train.num_classes, train.images.shape[3]).to(device)
+    model = build_victim(model_name, train.num_classes, train.images.shape[3], tuple(train.images.shape[1:3])).to(device)
     log(f"evaluating {training_set.name} ({len(training_set.labels)} training images, eps "
         f"{training_set.eps * 255:g}/255) with victim {model_name}, defense {defense.spec}, {config.epochs} epochs, "
         f"clean test set {len(test)} images, device {device}")

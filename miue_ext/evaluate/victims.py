@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from miue_ext.errors import InputError
+
 from miue_ext.models import (  # noqa: F401  (the victims' names, as before the registry moved)
     DEFAULT_VICTIM,
     VGG11,
@@ -35,7 +37,17 @@ def default_lr(name: str) -> float:
     return DEFAULT_LR.get(name, STANDARD_LR)
 
 
-def build_victim(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+# The smallest image side a victim accepts: VGG-11 halves its input five times (the others
+# need the 8x8 that every data set already guarantees).
+MIN_IMAGE_SIDE = {"vgg11": 32}
+
+
+def build_victim(name: str, num_classes: int, in_channels: int = 3, image_size: tuple[int, int] | None = None) -> nn.Module:
+    """`image_size` (height, width), if given, is checked against what the victim can take."""
+    need = MIN_IMAGE_SIDE.get(name)
+    if image_size is not None and need is not None and min(image_size) < need:
+        raise InputError(f"victim {name} needs images of at least {need}x{need} (it halves them five times); these are "
+                         f"{image_size[0]}x{image_size[1]}: choose another --model, e.g. resnet10 or plaincnn")
     return build_registered(name, VICTIM_NAMES, num_classes, in_channels)
 
 
