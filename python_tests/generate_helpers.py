@@ -35,3 +35,16 @@ def on_off_on_runs(data: ImageDataset, option: str):
                   deterministic=True)
     return [generate(data, GenerationConfig(**config, **{option: value}), device="cpu", model_name="smallcnn",
                      log=lambda line: None) for value in (True, True, False)]
+
+
+class Crash(Exception):
+    """Raised by crash_at_epoch's log callback: a run that dies mid-way, for resume tests."""
+
+
+def crash_at_epoch(epoch: int):
+    """A `log` callback that crashes the run when epoch `epoch` starts, i.e. after the
+    checkpoint of epoch - 1 and before epoch's own."""
+    def log(line):
+        if line.startswith(f"epoch {epoch}/"):
+            raise Crash
+    return log

@@ -18,7 +18,7 @@ from miue_ext.generate import GenerationConfig, generate, sharded_checkpoint
 from miue_ext.generate.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from miue_ext.generate.distributed import DistributedContext
 
-from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+from generate_helpers import Crash, crash_at_epoch, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
 N = 40
 EPOCHS = 3
@@ -30,17 +30,6 @@ def config(**overrides):
     base = dict(epochs=EPOCHS, steps=1, batch_size=16, poison_batch_size=16, deterministic=True, seed=5)
     base.update(overrides)
     return GenerationConfig(**base)
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at_epoch(epoch):
-    def log(line):
-        if line.startswith(f"epoch {epoch}/"):
-            raise Crash  # after the checkpoint of epoch - 1
-    return log
 
 
 def gen(cfg=None, **kwargs):

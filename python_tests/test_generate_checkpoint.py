@@ -9,7 +9,7 @@ from miue_ext.errors import InputError
 from miue_ext.generate import GenerationConfig, generate
 from miue_ext.generate.checkpoint import checkpoint_path, load_checkpoint
 
-from generate_helpers import single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
+from generate_helpers import Crash, crash_at_epoch, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
 
 def tiny_data(n=40, offset=0):
@@ -20,17 +20,6 @@ def config(**overrides):
     base = dict(epochs=3, steps=2, batch_size=16, poison_batch_size=16, deterministic=True, seed=5)
     base.update(overrides)
     return GenerationConfig(**base)
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at_epoch(epoch):
-    def log(line):
-        if line.startswith(f"epoch {epoch}/"):
-            raise Crash  # after epoch-1's checkpoint, before epoch's own
-    return log
 
 
 def gen(cfg, data=None, **kwargs):
