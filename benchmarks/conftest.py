@@ -20,6 +20,7 @@ import torch
 
 import providers
 from miue_ext import bench
+from miue_ext.runtime import device_name
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "cpu_count": os.cpu_count(), "load_average_at_start": config._miue_load_at_start,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "load_average_at_end": os.getloadavg(),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name(device, hardware_only=True),
         "memory_measured_with": ("torch.cuda.max_memory_allocated minus memory_allocated before the call"
                                  if device.type == "cuda" else
                                  "torch CPU allocator events (torch.profiler profile_memory=True): running "

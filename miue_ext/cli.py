@@ -1,5 +1,5 @@
 """`miue`: the command line. Each subcommand lives in its own module of miue_ext.commands
-(or anywhere else) that defines `add_arguments(parser)` and `run(args) -> int`; to add one,
+that defines `add_arguments(parser)` and `run(args) -> int`; to add one,
 add a line to SUBCOMMANDS.
 
 Exit codes: 0 success, 1 the run failed for a reason outside the input (a non-finite loss, a
@@ -30,11 +30,11 @@ from miue_ext.errors import (
 SUBCOMMANDS = {  # name -> (module, one-line help)
     "generate": ("miue_ext.commands.generate", "compute MI-UE (or EM) perturbations and write a poison file"),
     "export": ("miue_ext.commands.export", "write a poison file as PNGs + labels.csv + EM-style perturbation.pt"),
-    "evaluate": ("miue_ext.evaluate.command", "train a victim on a poisoned set and report clean test accuracy"),
-    "plot": ("miue_ext.evaluate.plot_command", "draw the accuracy curves of several evaluation reports on one plot"),
-    "stats": ("miue_ext.poison_stats", "perturbation norms, PSNR, SSIM and an image grid of a poison file"),
-    "mi": ("miue_ext.mi.command", "estimate the mutual information between clean and poisoned features"),
-    "bench": ("miue_ext.bench", "time the fused ops against eager PyTorch on this machine"),
+    "evaluate": ("miue_ext.commands.evaluate", "train a victim on a poisoned set and report clean test accuracy"),
+    "plot": ("miue_ext.commands.plot", "draw the accuracy curves of several evaluation reports on one plot"),
+    "stats": ("miue_ext.commands.stats", "perturbation norms, PSNR, SSIM and an image grid of a poison file"),
+    "mi": ("miue_ext.commands.mi", "estimate the mutual information between clean and poisoned features"),
+    "bench": ("miue_ext.commands.bench", "time the fused ops against eager PyTorch on this machine"),
 }
 DEBUG_VARIABLE = "MIUE_DEBUG"
 

@@ -15,10 +15,10 @@ import torch
 from miue_ext.errors import InputError, NonFiniteLossError
 
 MODULES = {  # subcommand -> module with add_arguments(parser) and run(args)
-    "evaluate": "miue_ext.evaluate.command",
-    "plot": "miue_ext.evaluate.plot_command",
-    "stats": "miue_ext.poison_stats",
-    "mi": "miue_ext.mi.command",
+    "evaluate": "miue_ext.commands.evaluate",
+    "plot": "miue_ext.commands.plot",
+    "stats": "miue_ext.commands.stats",
+    "mi": "miue_ext.commands.mi",
 }
 
 

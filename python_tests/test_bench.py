@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from miue_ext import bench
+from miue_ext import bench, cli
 
 REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
 
 
+def _bench(argv: list[str]) -> int:
+    """`miue bench ARGV...` in-process, its errors raised (cli.main turns them into exit codes)."""
+    args = cli.build_parser().parse_args(["bench", *argv])
+    return args.run(args)
+
+
 def test_bench_quick_prints_table(capsys):
-    assert bench.main(["--quick", "--device", "cpu", "--budget", "0.01"]) == 0
+    assert _bench(["--quick", "--device", "cpu", "--budget", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "median ms" in out and "peak extra MB" in out
     for provider in ("fused", "eager", "authors", "floor"):
@@ -27,7 +33,7 @@ def test_bench_rejects_missing_cuda():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(InputError, match="no CUDA device"):
-        bench.main(["--quick", "--device", "cuda"])
+        _bench(["--quick", "--device", "cuda"])
 
 
 @pytest.mark.parametrize("mode", bench.MODES)

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import sys
 from pathlib import Path
 
+from miue_ext.commands.common import GENERATE_EPOCHS, default_epochs, epochs_help, logger, resolve_device
 from miue_ext.generate.config import METHODS, MODES, OBJECTIVES
 from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES
-
-CPU_DEFAULT_EPOCHS = 20  # ~13 s per epoch for `patches` on 2 idle cores (~5 min); ~11 min measured on a busy machine
-GPU_DEFAULT_EPOCHS = 100
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,8 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         help="miue (default) or em: error-minimizing noise (objective ce, 20 steps of 0.8/255, stop rule)")
     method.add_argument("--objective", choices=OBJECTIVES, help="mi (default for miue) | sim | cos | ce")
     method.add_argument("--mode", choices=MODES, help="samplewise (default) or classwise")
-    method.add_argument("--epochs", type=int, metavar="E", help=f"min-min epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
-                                                   f"{CPU_DEFAULT_EPOCHS} on CPU)")
+    method.add_argument("--epochs", type=int, metavar="E", help=f"min-min epochs {epochs_help(GENERATE_EPOCHS)}")
     method.add_argument("--steps", type=int, metavar="K", help="perturbation steps K per batch and epoch (default 10)")
     method.add_argument("--eps", type=float, metavar="PIXELS", help="L-inf budget in 1/255 units (default 8)")
     method.add_argument("--alpha", metavar="A|START:END|auto", help="step size in 1/255 units: A, or START:END for a "
@@ -118,7 +114,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
     epochs = args.epochs
     if epochs is None:
-        epochs = GPU_DEFAULT_EPOCHS if device_type == "cuda" else CPU_DEFAULT_EPOCHS
+        epochs = default_epochs(GENERATE_EPOCHS, device_type)
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
     # MI-UE's step schedule defaults to auto: the paper's at 100 epochs, a larger first step in
@@ -221,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
 
     if launched_by_torchrun():
         return _run_distributed(args)
-    from miue_ext.generate import generate, resolve_device
+    from miue_ext.generate import generate
 
     from miue_ext.output_safety import claim_checkpoint_dir, exclusive_use, release_unused_checkpoint_dir
 
@@ -229,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     config = build_config(args, device.type)
     dataset = _load_data(args)
-    log = _logger(args.progress)
+    log = logger(args.progress)
     _announce(log, args, config, dataset, device)
     folder = _checkpoint_dir(args)
     created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
@@ -298,7 +294,7 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             problem = str(err)
         try:
             distributed.agree(ctx, problem, signature)
-            log = _logger(args.progress) if ctx.is_main else (lambda line: None)
+            log = logger(args.progress) if ctx.is_main else (lambda line: None)
             processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
             _announce(log, args, config, dataset, ctx.device.type, processes)
             _log_removed(log, folder, removed)
@@ -313,10 +309,3 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             raise
     return 0
 
-
-def _logger(progress: bool):
-    if not progress:
-        return lambda line: print(line, flush=True)
-    from tqdm import tqdm
-
-    return lambda line: tqdm.write(line, file=sys.stdout)

@@ -4,5 +4,6 @@
     train.train_victim           the victim's training loop
     defenses                     one small transform per defense (filters, batch mixes, PGD)
     report                       report folder (JSON, PNG, weights) and plots
-    command, plot_command        `miue evaluate` and `miue plot`
+
+`miue evaluate` and `miue plot` are miue_ext.commands.evaluate and miue_ext.commands.plot.
 """

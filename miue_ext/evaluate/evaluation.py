@@ -15,6 +15,7 @@ from miue_ext.evaluate.defenses import parse_defense
 from miue_ext.evaluate.train import TrainConfig, train_victim
 from miue_ext.evaluate.training_sets import TrainingSet, load_training_set
 from miue_ext.evaluate.victims import build_victim
+from miue_ext.runtime import versions
 
 
 @dataclass
@@ -63,6 +64,6 @@ def evaluate_poison(poison: str, train: ImageDataset, test: ImageDataset, data_s
         "train": {**config.to_dict(), "augmentation": "random crop (padding 4) + horizontal flip",
                   "optimizer": "SGD, cosine schedule to 0"},
         "history": history, **reports.summarise(history), "wall_time_s": wall,
-        "device": str(device), "versions": reports.versions(), "created": reports.timestamp(),
+        "device": str(device), "versions": versions(), "created": reports.timestamp(),
     }
     return Evaluation(report, model, training_set)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -36,15 +35,6 @@ def summarise(history: list[dict]) -> dict:
     peak = int(np.argmax(test))
     return {"final_test_acc": test[-1], "peak_test_acc": test[peak], "peak_epoch": history[peak]["epoch"],
             "final_train_acc": history[-1]["train_acc"]}
-
-
-def versions() -> dict:
-    import torch
-
-    import miue_ext
-
-    return {"miue_ext": getattr(miue_ext, "__version__", "?"), "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def report_label(report: dict) -> str:

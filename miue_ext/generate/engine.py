@@ -26,6 +26,7 @@ from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.objectives import make_objective
 from miue_ext.generate.progress import Progress
 from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES, REGISTRY, FeatureSurrogate, build_model
+from miue_ext.runtime import resolve_device
 
 
 @dataclass
@@ -36,22 +37,6 @@ class GenerationResult:
     device: str = "cpu"
     surrogate: str = ""
     stopped_early: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return device
 
 
 def default_model_name(device: torch.device) -> str:

@@ -2,31 +2,13 @@
 from __future__ import annotations
 
 import datetime
-import platform
 
 import numpy as np
-import torch
 
 from miue_ext.datasets import ImageDataset
 from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.engine import GenerationResult
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _versions() -> dict:
-    try:
-        import miue_ext
-
-        package = getattr(miue_ext, "__version__", "unknown")
-    except ImportError:
-        package = "unknown"
-    return {"miue_ext": package, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+from miue_ext.runtime import device_name, versions
 
 
 def mean_throughput(result: GenerationResult) -> float:
@@ -43,7 +25,7 @@ def poison_meta(method: str, config: GenerationConfig, result: GenerationResult,
         "stopped_early": result.stopped_early, "seed": config.seed, "deterministic": config.deterministic,
         "surrogate": result.surrogate, "dataset": dataset.name, "num_classes": dataset.num_classes,
         "class_names": dataset.class_names, "dataset_sha256": dataset.fingerprint(), "config": config.to_dict(),
-        "versions": _versions(), "wall_time_s": round(result.seconds, 3), "device": _device_name(result.device),
+        "versions": versions(), "wall_time_s": round(result.seconds, 3), "device": device_name(result.device),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "history": result.history,
     }
@@ -62,7 +44,7 @@ def summary_lines(result: GenerationResult, perturbation: np.ndarray, out: str) 
     last = result.history[-1] if result.history else {}
     lines = [
         f"wrote {out}: {len(perturbation)} poisoned images",
-        f"time {result.seconds:.1f} s on {_device_name(result.device)}, {len(result.history)} epochs"
+        f"time {result.seconds:.1f} s on {device_name(result.device)}, {len(result.history)} epochs"
         + (" (stop rule reached)" if result.stopped_early else "")
         + f", mean throughput {mean_throughput(result):.0f} images*steps/s",
         f"perturbation: L-inf {stats['linf_pixels']}/255, L2 mean {stats['l2_mean']:.3f} max {stats['l2_max']:.3f} "

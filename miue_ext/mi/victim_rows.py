@@ -6,7 +6,6 @@ regenerated from the recorded seed). Any other row is a training set to train a 
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,8 @@ def _from_report(folder: Path) -> Row:
                report["final_test_acc"], report["peak_test_acc"])
 
 
-def load_row(spec: str, args: argparse.Namespace, log: Callable[[str], None]) -> Row:
+def load_row(spec: str, args, log: Callable[[str], None]) -> Row:
+    """The row `spec`; `args` are the parsed options of `miue mi` (a victim trained here uses them)."""
     folder = Path(spec)
     if folder.is_dir():
         if not (folder / REPORT_FILE).is_file():
@@ -68,18 +68,16 @@ def load_row(spec: str, args: argparse.Namespace, log: Callable[[str], None]) ->
         return _from_report(folder)
     if spec not in BASELINES and not folder.is_file():
         raise InputError(f"row {spec}: no such report folder or poison file (or use clean | random)")
-    from miue_ext.evaluate.command import CPU_DEFAULT_EPOCHS, GPU_DEFAULT_EPOCHS
+    from miue_ext.commands.common import VICTIM_EPOCHS, default_epochs, resolve_device
     from miue_ext.evaluate.evaluation import evaluate_poison
     from miue_ext.evaluate.train import TrainConfig
     from miue_ext.evaluate.victims import default_victim
-    from miue_ext.generate import resolve_device
 
     device = resolve_device(args.device)
     data_spec = data_spec_for(spec, args.data)
     train, test = load_data(data_spec, args.root, test_spec=args.test_data)
     model_name = default_victim(device.type) if args.model == "auto" else args.model
-    epochs = args.epochs if args.epochs is not None else (
-        GPU_DEFAULT_EPOCHS if device.type == "cuda" else CPU_DEFAULT_EPOCHS)
+    epochs = args.epochs if args.epochs is not None else default_epochs(VICTIM_EPOCHS, device.type)
     config = TrainConfig(epochs=epochs, seed=args.seed)
     training_set = load_training_set(spec, train, args.eps / 255, args.seed)
     row = Row(training_set.name, data_spec, model_name, training_set, spec, lambda: None)

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 
+from miue_ext.commands.common import VICTIM_EPOCHS, default_epochs, epochs_help, logger, resolve_device
 from miue_ext.evaluate.defenses import DEFENSE_NAMES
 from miue_ext.evaluate.victims import DEFAULT_VICTIM, VICTIM_NAMES
-
-CPU_DEFAULT_EPOCHS = 30
-GPU_DEFAULT_EPOCHS = 60
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,8 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="auto", help=f"victim: {' | '.join(VICTIM_NAMES)} (default: "
                    f"{DEFAULT_VICTIM['cpu']} on CPU, {DEFAULT_VICTIM['cuda']} on CUDA; never the default surrogate)")
     p.add_argument("--defense", default="none", help=" | ".join(DEFENSE_NAMES) + " (default none)")
-    p.add_argument("--epochs", type=int, help=f"victim epochs (default {GPU_DEFAULT_EPOCHS} on CUDA, "
-                                              f"{CPU_DEFAULT_EPOCHS} on CPU)")
+    p.add_argument("--epochs", type=int, help=f"victim epochs {epochs_help(VICTIM_EPOCHS)}")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, help="SGD learning rate, cosine decay to 0 (default 0.1; 0.03 for "
                                             "plaincnn, which has no batch norm)")
@@ -64,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.evaluate.train import TrainConfig
     from miue_ext.evaluate.training_sets import BASELINES, data_spec_for, load_data
     from miue_ext.evaluate.victims import default_lr, default_victim
-    from miue_ext.generate import resolve_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Not distributed yet: every rank would train the whole victim and write the same folder.
@@ -77,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.eps) and 0 < args.eps <= 255):
         raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
     device = resolve_device(args.device)
-    epochs = args.epochs if args.epochs is not None else (
-        GPU_DEFAULT_EPOCHS if device.type == "cuda" else CPU_DEFAULT_EPOCHS)
+    epochs = args.epochs if args.epochs is not None else default_epochs(VICTIM_EPOCHS, device.type)
     model_name = default_victim(device.type) if args.model == "auto" else args.model
     lr = args.lr if args.lr is not None else default_lr(model_name)
     if not (math.isfinite(lr) and lr > 0):
@@ -87,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed)
     data_spec = data_spec_for(args.poison, args.data)
     train, test = load_data(data_spec, args.root, args.download, args.test_data)
-    log = _logger(args.progress)
+    log = logger(args.progress)
     result = evaluate_poison(args.poison, train, test, data_spec, model_name, config, defense,
                              random_eps=args.eps / 255, device=device, progress=args.progress, log=log)
     with writing(out):  # e.g. a full disk: one line naming the folder; the staging folder is removed
@@ -97,10 +91,3 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * report['peak_test_acc']:.2f}% (epoch {report['peak_epoch']}), {report['wall_time_s']:.0f}s -> {out}/")
     return 0
 
-
-def _logger(progress: bool):
-    if not progress:
-        return lambda line: print(line, flush=True)
-    from tqdm import tqdm
-
-    return lambda line: tqdm.write(line, file=sys.stdout)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from miue_ext.commands.common import logger
 from miue_ext.mi.sliced import ESTIMATORS
 
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.out)
     except OSError as err:
         raise InputError(f"cannot write --out {args.out}: {err.strerror or err}") from None
-    log = print if not args.progress else _tqdm_log()
+    log = logger(args.progress)
     rows = [load_row(spec, args, log) for spec in args.rows]  # every row resolves (or fails) first
     for spec, row in zip(args.rows, rows):
         if Path(spec).is_dir():  # a report folder: its victim is only loaded, so a bad file fails now
@@ -121,10 +121,4 @@ def format_table(results: list[dict], estimators: tuple[str, ...]) -> list[str]:
         line += f" {cos['clean']:9.4f} {cos['training']:9.4f} {logdet['clean']:12.1f} {logdet['training']:12.1f}"
         lines.append(line)
     return lines
-
-
-def _tqdm_log():
-    from tqdm import tqdm
-
-    return lambda line: tqdm.write(line, file=sys.stdout)
 
