@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import platform
 
+import numpy as np
+import torch
+
+import miue_ext
 from miue_ext.errors import InputError
 
 
 def resolve_device(name: str):
     """`--device` (auto | cpu | cuda | cuda:N) as a torch.device; an InputError if unusable here."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -32,8 +34,6 @@ def resolve_device(name: str):
 def device_name(device, hardware_only: bool = False) -> str:
     """`device` (a torch.device or its string) with its hardware: "cuda:0 (NVIDIA H100 80GB HBM3)",
     "cpu (x86_64, 2 threads)". With `hardware_only`: the GPU's model, or just "cpu"."""
-    import torch
-
     text = str(device)
     if hardware_only:
         return torch.cuda.get_device_name(torch.device(text)) if text.startswith("cuda") else "cpu"
@@ -44,10 +44,5 @@ def device_name(device, hardware_only: bool = False) -> str:
 
 def versions() -> dict:
     """The version stamp every report and poison file records."""
-    import numpy as np
-    import torch
-
-    import miue_ext
-
     return {"miue_ext": getattr(miue_ext, "__version__", "unknown"), "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
