@@ -116,7 +116,8 @@ STUCK_IN_CPP = """
 import signal, sys, time
 from miue_ext import cli
 from miue_ext.commands import export
-cli._StopSignals.GIVE_UP_S = 1.0
+from miue_ext import stop_signals
+stop_signals.StopSignals.GIVE_UP_S = 1.0
 def run(args):
     # Like a thread stuck in C++ (a collective with a dead peer): no Python runs to raise the interrupt.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -141,7 +142,7 @@ def test_a_run_stuck_in_cpp_stops_soon_after_sigterm():
     assert err == "miue export: terminated (SIGTERM); no response for 1 s, stopped at once\n"
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.4, 0.7, 1.0, 1.5])
+@pytest.mark.parametrize("delay", [0.2, 0.4, 0.7])
 def test_ctrl_c_while_torch_loads_is_one_line_exit_130(delay):
     run = _miue("stats", "x")
     time.sleep(delay)  # `import torch` takes over a second
