@@ -40,7 +40,7 @@ test-quick: build
 bench: build
 	mkdir -p out
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest benchmarks -q -p no:cacheprovider --bench-threads 2 --benchmark-json out/bench_cpu.json
-	$(PY) benchmarks/report.py out/bench_cpu.json --markdown out/bench_cpu.md --png out/bench_cpu.png
+	$(PY) benchmarks/results_table.py out/bench_cpu.json --markdown out/bench_cpu.md --png out/bench_cpu.png
 
 # Every benchmark once at tiny sizes, untimed: keeps the suite from rotting (CI).
 bench-quick: build

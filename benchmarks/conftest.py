@@ -2,7 +2,7 @@
 `measure` fixture that times a runner and records its peak extra memory in extra_info.
 
 Options (each also an environment variable, for make/CI):
-  --bench-grid quick|default|full   MIUE_BENCH_GRID    (see providers.py; default: default)
+  --bench-grid quick|default|full   MIUE_BENCH_GRID    (see cases.py; default: default)
   --bench-device cpu|cuda           MIUE_BENCH_DEVICE  (default: cpu)
   --bench-threads N                 MIUE_BENCH_THREADS (torch.set_num_threads; 0 = torch's choice)
   --bench-budget SECONDS            MIUE_BENCH_BUDGET  (timing per case; default by grid/device)
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import providers
+import cases
 from miue_ext import bench
 from miue_ext.runtime import device_name
 
@@ -33,7 +33,7 @@ class Settings:
 def pytest_addoption(parser):
     group = parser.getgroup("miue-bench", "MI-UE benchmark suite")
     group.addoption("--bench-grid", choices=("quick", "targets", "default", "full"),
-                    default=os.environ.get("MIUE_BENCH_GRID", "default"), help="size grid (providers.py)")
+                    default=os.environ.get("MIUE_BENCH_GRID", "default"), help="size grid (cases.py)")
     group.addoption("--bench-device", choices=("cpu", "cuda"), default=os.environ.get("MIUE_BENCH_DEVICE", "cpu"))
     group.addoption("--bench-threads", type=int, default=int(os.environ.get("MIUE_BENCH_THREADS", "0")))
     group.addoption("--bench-budget", type=float, default=float(os.environ.get("MIUE_BENCH_BUDGET", "0")),
@@ -61,15 +61,15 @@ def _settings(config) -> Settings:
 
 def pytest_generate_tests(metafunc):
     settings = _settings(metafunc.config)
-    for name, make_cases in (("loss_case", providers.loss_cases), ("update_case", providers.update_cases),
-                             ("step_case", providers.step_cases)):
+    for name, make_cases in (("loss_case", cases.loss_cases), ("update_case", cases.update_cases),
+                             ("step_case", cases.step_cases)):
         if name in metafunc.fixturenames:
-            cases = make_cases(settings.grid, settings.device)
-            metafunc.parametrize(name, cases, ids=[case.id for case in cases])
+            chosen = make_cases(settings.grid, settings.device)
+            metafunc.parametrize(name, chosen, ids=[case.id for case in chosen])
 
 
 def pytest_collection_modifyitems(config, items):
-    """Put the measurements the targets need first (providers.priority), so that a run stopped at
+    """Put the measurements the targets need first (cases.priority), so that a run stopped at
     a time limit (gpu_check.sh) still has them; other tests keep their place in front."""
     here = Path(__file__).parent
 
@@ -78,7 +78,7 @@ def pytest_collection_modifyitems(config, items):
             return -1
         params = item.callspec.params if hasattr(item, "callspec") else {}
         case = next((params[n] for n in ("loss_case", "update_case", "step_case") if n in params), None)
-        return providers.priority(item.originalname, case)
+        return cases.priority(item.originalname, case)
 
     items.sort(key=key)  # stable: the order within a priority is the grid's
 
@@ -113,7 +113,7 @@ def _cpu_name() -> str:
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """Say in the JSON what was measured where (report.py prints it)."""
+    """Say in the JSON what was measured where (results_table.py prints it)."""
     settings = _settings(config)
     device = settings.device
     output_json["miue"] = {

@@ -136,7 +136,7 @@ EOF
 
 device_tests() {  # the tests that exercise the device under test; on a CPU rehearsal, the CPU ops
   local select="cuda"
-  [[ $DEVICE == cpu ]] && select="cpu and (test_ops_precision or test_ops_loss or test_ops_pgd)"
+  [[ $DEVICE == cpu ]] && select="cpu and (test_ops_precision or test_ops_loss or test_ops_intra_class_cosine or test_ops_pgd_update)"
   "$PYTHON" -m pytest python_tests -m "not slow" -k "$select" -q -p no:cacheprovider -rfE --maxfail=20 \
     -o addopts="" 2>&1 || return 1
 }
@@ -210,7 +210,7 @@ fi
 reports=()
 for json in "$OUT/bench_targets.json" "$OUT/bench_rest.json"; do [[ -s $json ]] && reports+=("$json"); done
 if (( ${#reports[@]} )); then
-  step report bench.log 30 "$PYTHON" benchmarks/report.py "${reports[@]}" --markdown "$OUT/bench_$DEVICE.md"
+  step report bench.log 30 "$PYTHON" benchmarks/results_table.py "${reports[@]}" --markdown "$OUT/bench_$DEVICE.md"
   [[ -s $OUT/bench_$DEVICE.md ]] && cat "$OUT/bench_$DEVICE.md"
 fi
 grep -h "RESULT\|wall time\|mean throughput" "$OUT/generate.log" 2>/dev/null

@@ -1,14 +1,14 @@
 """The machine's two ceilings, measured once per run: device copy bandwidth (bytes read plus
-bytes written per second) and float32 matrix-product rate. report.py divides by these."""
+bytes written per second) and float32 matrix-product rate. results_table.py divides by these."""
 import pytest
 import torch
 
-import providers
+import cases
 from miue_ext import bench
 
 
 def test_copy_bandwidth(measure, bench_settings):
-    elements = providers.ceiling_sizes(bench_settings.grid, bench_settings.device)["copy"]
+    elements = cases.ceiling_sizes(bench_settings.grid, bench_settings.device)["copy"]
     source = torch.rand(elements, device=bench_settings.device)
     target = torch.empty_like(source)
     measure(bench.Runner(lambda: target.copy_(source)), "ceilings copy", {
@@ -19,7 +19,7 @@ def test_copy_bandwidth(measure, bench_settings):
 
 @pytest.mark.parametrize("dtype", ["float32"])
 def test_matmul_rate(measure, bench_settings, dtype):
-    size = providers.ceiling_sizes(bench_settings.grid, bench_settings.device)["matmul"]
+    size = cases.ceiling_sizes(bench_settings.grid, bench_settings.device)["matmul"]
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(bench_settings.device)
     b = torch.randn(size, size, generator=generator).to(bench_settings.device)

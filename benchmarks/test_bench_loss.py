@@ -1,5 +1,5 @@
 """mi_ue_loss (forward, backward, forward+backward), sim_loss, dist_loss and intra_class_cosine:
-every provider of miue_ext.bench at the sizes of the chosen grid (providers.loss_cases)."""
+every provider of miue_ext.bench at the sizes of the chosen grid (cases.loss_cases)."""
 from miue_ext import bench
 
 

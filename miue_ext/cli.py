@@ -27,7 +27,8 @@ from miue_ext.stop_signals import StopSignals, end_process_now
 
 SUBCOMMANDS = {  # name -> (module, one-line help)
     "generate": ("miue_ext.commands.generate", "compute MI-UE (or EM) perturbations and write a poison file"),
-    "export": ("miue_ext.commands.export", "write a poison file as PNGs + labels.csv + EM-style perturbation.pt"),
+    "export": ("miue_ext.commands.export", "write a poison file as a folder: PNGs + labels.csv, the layouts of TAP/APBench/ISS, EM or "
+               "AVATAR, or an image folder's own layout (--format)"),
     "evaluate": ("miue_ext.commands.evaluate", "train a victim on a poisoned set and report clean test accuracy"),
     "plot": ("miue_ext.commands.plot", "draw the accuracy curves of several evaluation reports on one plot"),
     "stats": ("miue_ext.commands.stats", "perturbation norms, PSNR, SSIM and an image grid of a poison file"),

@@ -50,8 +50,8 @@ def check_output_path(path: str | os.PathLike, option: str, inputs: Iterable[tup
 
 
 def data_file_of(spec: str) -> str | None:
-    """The user's file or folder behind a --data spec (npz:PATH, imagefolder:PATH), if any."""
-    for prefix in ("npz:", "imagefolder:"):
+    """The user's file or folder behind a --data spec (npz:PATH, imagefolder:PATH, ...), if any."""
+    for prefix in ("npz:", "imagefolder:", "tiny-imagenet:", "imagenet100:", "mini-imagenet:"):
         if spec.startswith(prefix):
             return spec[len(prefix):]
     return None
@@ -59,7 +59,8 @@ def data_file_of(spec: str) -> str | None:
 
 # What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
 # a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
-WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", ".*.tmp", LOCK_NAME, OWNER_MARKER)
+WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", "delta-[ab].npy", ".*.tmp", LOCK_NAME,
+                    OWNER_MARKER)
 
 
 def _only_ours(folder: Path) -> bool:

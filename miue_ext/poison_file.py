@@ -149,16 +149,24 @@ def verify(poison: PoisonFile, clean_images: np.ndarray | None = None, name: str
             raise InputError(f"{name}: clip(clean + perturbation) != poisoned images; wrong clean data?")
 
 
-def export_poison(poison: PoisonFile, out_dir: str | os.PathLike) -> None:
-    """Write `out_dir/images/NNNNN.png`, `labels.csv` and the EM-style `perturbation.pt`.
+def export_poison(poison: PoisonFile, out_dir: str | os.PathLike, fmt: str = "folder") -> str:
+    """Write `poison` as the new folder `out_dir` in format `fmt`; returns what the folder holds.
 
-    `perturbation.pt` is a float32 tensor [N, C, H, W] = perturbation / 255, the layout of
-    Huang et al.'s error-minimizing noise, for evaluation code that adds it to clean data.
-    The folder appears only when complete (written under a temporary name, then renamed).
+    folder      images/NNNNN.png, labels.csv (filename,label), meta.json and perturbation.pt (float32
+                [N, C, H, W] = perturbation / 255, the layout of Huang et al.'s error-minimizing noise)
+    png-index   data/0.png .. data/{N-1}.png, the layout of TAP, APBench and ISS
+    em-pt       perturbation.pt alone, as EM writes it
+    avatar-npz  METHOD_DATA_Sanitized_0.npz with `data` and `targets`, as AVATAR reads it
+    (miue_ext/poison_formats.py and docs/formats.md give the sources.) The folder appears only
+    when complete (written under a temporary name, then renamed).
     """
-    import torch
     from PIL import Image
 
+    # poison_formats imports this module, so it is imported here rather than at the top
+    from miue_ext.poison_formats import EXPORT_FORMATS, write_em_pt, write_format
+
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     target = Path(out_dir)
     if target.exists():
         raise InputError(f"{out_dir} already exists; choose a new folder")
@@ -167,18 +175,22 @@ def export_poison(poison: PoisonFile, out_dir: str | os.PathLike) -> None:
     except OSError as err:
         raise InputError(f"cannot create {out_dir}: {err.strerror}") from None
     try:
-        (staging / "images").mkdir()
-        with open(staging / "labels.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["filename", "label"])
-            for n, (image, label) in enumerate(zip(poison.images, poison.labels)):
-                filename = f"images/{n:05d}.png"
-                Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(staging / filename)
-                writer.writerow([filename, int(label)])
-        noise = torch.from_numpy(poison.perturbation.astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-        torch.save(noise, staging / "perturbation.pt")
-        (staging / "meta.json").write_text(json.dumps(poison.meta, indent=2, sort_keys=True))
+        if fmt != "folder":
+            summary = write_format(poison, staging, fmt)
+        else:
+            (staging / "images").mkdir()
+            with open(staging / "labels.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["filename", "label"])
+                for n, (image, label) in enumerate(zip(poison.images, poison.labels)):
+                    filename = f"images/{n:05d}.png"
+                    Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(staging / filename)
+                    writer.writerow([filename, int(label)])
+            write_em_pt(poison.perturbation, staging / "perturbation.pt")
+            (staging / "meta.json").write_text(json.dumps(poison.meta, indent=2, sort_keys=True))
+            summary = f"{len(poison.labels)} images in images/, labels.csv, meta.json and perturbation.pt"
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return summary

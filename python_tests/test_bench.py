@@ -1,4 +1,4 @@
-"""`miue bench --quick` runs and prints its table; benchmarks/report.py turns a small
+"""`miue bench --quick` runs and prints its table; benchmarks/results_table.py turns a small
 pytest-benchmark JSON into markdown and a PNG; the floor and update providers do real work."""
 import importlib.util
 import json
@@ -9,7 +9,7 @@ import torch
 
 from miue_ext import bench, cli
 
-REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
+REPORT = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
 
 
 def _bench(argv: list[str]) -> int:

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from miue_ext.errors import InputError
-from miue_ext.evaluate.augment import random_crop_flip
+from miue_ext.augment import random_crop_flip
 from miue_ext.evaluate.defenses import filters, mixing, parse_defense
-from miue_ext.evaluate.defenses.adversarial import pgd_attack
+from miue_ext.evaluate.defenses.adversarial import ascent_step_, pgd_attack
 
 from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
 
@@ -121,19 +121,95 @@ def test_pgd_attack_stays_in_the_ball_and_raises_the_loss():
         assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(x), y) + 0.01
 
 
+def old_attack_step(adv, x, grad, step_size, eps):
+    """The attack's step before it used ops.pgd_update_: move the image, then project it."""
+    adv = adv + step_size * grad.sign()
+    return torch.min(torch.max(adv, x - eps), x + eps).clamp_(0, 1)
+
+
+def old_pgd_attack(model, x, y, eps, steps, generator):
+    """pgd_attack as it was written before it used ops.pgd_update_ (eval mode, random start)."""
+    step_size = eps / 4
+    was_training = model.training
+    model.eval()
+    noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+    adv = (x + (noise * 2 - 1) * eps).clamp_(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+        with torch.no_grad():
+            adv = old_attack_step(adv, x, grad, step_size, eps)
+    model.train(was_training)
+    return adv.detach()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ascent_step_equals_the_old_attack_step(dtype, device):
+    eps, step_size = 8 / 255, 2 / 255
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(64, 3, 8, 8, generator=generator, dtype=dtype)
+    x.view(-1)[::11], x.view(-1)[::13] = 1.0, 0.0  # on the box boundary
+    adv = (x + (torch.rand(x.shape, generator=generator, dtype=dtype) * 2 - 1) * eps).clamp_(0, 1)
+    adv.view(-1)[::5] = torch.max(torch.min(x + eps, torch.ones_like(x)), x - eps).view(-1)[::5]  # on the ball's edge
+    grad = torch.randn(x.shape, generator=generator, dtype=dtype)
+    grad.view(-1)[::7] = 0  # sign(0) = 0: no move
+    x, adv, grad = x.to(device), adv.to(device), grad.to(device)
+    for _ in range(4):  # steps from inside, then from the projections the old step made
+        expected = old_attack_step(adv, x, grad, step_size, eps)
+        delta = adv - x
+        ascent_step_(delta, x, grad.clone(), step_size, eps)
+        # equal up to the rounding of moving between image and offset (half a unit in the last place at 1)
+        torch.testing.assert_close(x + delta, expected, rtol=0, atol=torch.finfo(dtype).eps)
+        assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
+        assert (delta.abs() <= eps + 4 * torch.finfo(dtype).eps).all()
+        adv, grad = expected, torch.randn(x.shape, generator=generator, dtype=dtype).to(device)
+
+
+def test_pgd_attack_equals_the_old_attack():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 4), torch.nn.BatchNorm1d(4)).double()
+    model.train()
+    x, y = torch.rand(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
+    new = pgd_attack(model, x, y, 8 / 255, steps=10, generator=torch.Generator().manual_seed(0))
+    old = old_pgd_attack(model, x, y, 8 / 255, steps=10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(new, old, rtol=0, atol=1e-14)  # float64: the signs of the gradients agree
+
+
 def test_random_crop_flip_shifts_and_mirrors():
     x = torch.arange(2 * 6 * 6 * 1, dtype=torch.uint8).view(2, 6, 6, 1)
     generator = torch.Generator().manual_seed(0)
     seen_flip = seen_plain = False
     for _ in range(20):
-        out = random_crop_flip(x, generator, padding=0)  # no shift: the identity or a mirror image
+        out = random_crop_flip(x, generator, pad=0)  # no shift: the identity or a mirror image
         for a, b in zip(out, x):
             seen_flip |= torch.equal(a, b.flip(1))
             seen_plain |= torch.equal(a, b)
             assert torch.equal(a, b) or torch.equal(a, b.flip(1))
     assert seen_flip and seen_plain
-    shifted = random_crop_flip(x.repeat(50, 1, 1, 1), generator, padding=2)
+    shifted = random_crop_flip(x.repeat(50, 1, 1, 1), generator, pad=2)
     assert shifted.shape == (100, 6, 6, 1) and (shifted == 0).any()  # zero border when shifted
+
+
+def test_random_crop_flip_keeps_the_victims_random_stream():
+    """random_crop_flip as evaluate/augment.py wrote it before the generator shared it: the same
+    generator gives the same views, so victims trained before and after are the same."""
+    def old_random_crop_flip(batch, generator, padding=4):
+        b, h, w, _ = batch.shape
+        padded = F.pad(batch.permute(0, 3, 1, 2), (padding, padding, padding, padding)).permute(0, 2, 3, 1)
+        top = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (b, 1, 1), generator=generator)
+        flip = torch.rand(b, generator=generator) < 0.5
+        cols = torch.arange(w).view(1, 1, w).expand(b, 1, w)
+        cols = torch.where(flip.view(b, 1, 1), w - 1 - cols, cols)
+        rows = top + torch.arange(h).view(1, h, 1)
+        return padded[torch.arange(b).view(b, 1, 1), rows, left + cols]
+
+    x = torch.randint(0, 256, (64, 12, 10, 3), dtype=torch.uint8)
+    new_generator, old_generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for pad in (4, 4, 2, 0):
+        assert torch.equal(random_crop_flip(x, new_generator, pad), old_random_crop_flip(x, old_generator, pad))
+    assert torch.equal(torch.rand(4, generator=new_generator), torch.rand(4, generator=old_generator))
 
 
 @pytest.mark.parametrize("spec, canonical", [

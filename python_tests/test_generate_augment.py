@@ -1,10 +1,11 @@
-"""--augment-perturbation: each perturbation step sees a random shift + flip of x + delta."""
+"""--augment-perturbation: each perturbation step sees a random shift + flip of x + delta (the
+victim's augmentation, miue_ext/augment.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from miue_ext.cli import main
-from miue_ext.generate import steps
+from miue_ext import augment
 from miue_ext.poison_file import load_poison
 
 from generate_helpers import on_off_on_runs, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
@@ -26,7 +27,7 @@ def test_shift_and_flip_equals_pad_crop_mirror(h, w, pad):
     shifts[:4] = torch.tensor([[pad, pad], [-pad, -pad], [pad, -pad], [0, 0]])  # the extreme crops, identity
     flips = torch.rand(40) < 0.5
     flips[3] = False
-    out = steps.shift_and_flip(batch, shifts, flips, pad)
+    out = augment.shift_and_flip(batch, shifts, flips, pad)
     for i in range(40):
         dy, dx = shifts[i].tolist()
         assert torch.equal(out[i], shifted_by_slicing(batch[i], dy, dx, bool(flips[i]), pad)), (i, dy, dx)
@@ -37,13 +38,13 @@ def test_shift_and_flip_gradient_and_non_contiguous_input():
     shifts, flips = torch.tensor([[1, -2], [-3, 3], [0, 0]]), torch.tensor([True, False, True])
     leaf = torch.rand(3, 3, 6, 7, dtype=torch.float64).permute(0, 2, 3, 1).requires_grad_(True)  # NHWC view
     assert not leaf.is_contiguous()
-    assert torch.autograd.gradcheck(lambda t: steps.shift_and_flip(t, shifts, flips, 3), (leaf,))
+    assert torch.autograd.gradcheck(lambda t: augment.shift_and_flip(t, shifts, flips, 3), (leaf,))
 
 
 def test_random_views_are_reproducible_and_cover_every_shift():
     batch = torch.rand(4000, 4, 4, 1)
-    a = steps.RandomShiftFlip(torch.Generator().manual_seed(1), pad=1)(batch)
-    b = steps.RandomShiftFlip(torch.Generator().manual_seed(1), pad=1)(batch)
+    a = augment.RandomShiftFlip(torch.Generator().manual_seed(1), pad=1)(batch)
+    b = augment.RandomShiftFlip(torch.Generator().manual_seed(1), pad=1)(batch)
     assert torch.equal(a, b)
     views = {(dy, dx, f) for dy in (-1, 0, 1) for dx in (-1, 0, 1) for f in (False, True)}
     seen = set()

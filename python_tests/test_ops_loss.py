@@ -1,4 +1,9 @@
-"""The fused loss ops against the float64 reference: random inputs and the edge cases."""
+"""The fused loss ops (mi_ue_loss, sim_loss, dist_loss) against the float64 reference: random
+inputs and the edge cases.
+
+FeatureOpContract holds the checks that every op of (features [B, D], labels [B]) -> scalar
+passes against its reference; a test class applies them to its ops through a `name` fixture
+(TestLossOps here, TestIntraClassCosine in test_ops_intra_class_cosine.py)."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,10 +12,9 @@ from hypothesis import strategies as st
 import miue_ext
 import miue_ext.ops as ops
 import miue_ext.reference as reference
-from miue_ext.bench import intra_class_cosine_eager
 from helpers import LOSS_OPS, assert_matches_reference
 
-ALL_OPS = list(LOSS_OPS)
+LOSS_NAMES = ["mi_ue_loss", "sim_loss", "dist_loss"]  # intra_class_cosine: test_ops_intra_class_cosine.py
 
 
 def random_problem(batch, dim, classes, device, dtype=torch.float64):
@@ -19,69 +23,103 @@ def random_problem(batch, dim, classes, device, dtype=torch.float64):
     return features, labels
 
 
-@pytest.mark.parametrize("name", ALL_OPS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("batch,dim,classes", [(64, 32, 10), (37, 5, 3), (128, 96, 100)])
-def test_random_inputs(name, dtype, batch, dim, classes, device):
-    features, labels = random_problem(batch, dim, classes, device, dtype)
-    assert_matches_reference(name, features, labels)
+class FeatureOpContract:
+    """Not collected by itself (no Test prefix): subclasses give the `name` fixture (keys of
+    helpers.LOSS_OPS)."""
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+    @pytest.mark.parametrize("batch,dim,classes", [(64, 32, 10), (37, 5, 3), (128, 96, 100)])
+    def test_random_inputs(self, name, dtype, batch, dim, classes, device):
+        features, labels = random_problem(batch, dim, classes, device, dtype)
+        assert_matches_reference(name, features, labels)
+
+    def test_class_with_one_member_and_all_one_class(self, name, device):
+        features, labels = random_problem(20, 6, 3, device)
+        labels[0] = 99  # a singleton class
+        assert_matches_reference(name, features, labels)
+        assert_matches_reference(name, features, torch.zeros_like(labels))
+
+    def test_arbitrary_label_values_and_int32(self, name, device):
+        features, labels = random_problem(30, 8, 4, device)
+        sparse = torch.tensor([-7, 3, 1_000_000_007, 42], device=device)[labels]
+        v1, g1 = assert_matches_reference(name, features, sparse)
+        v2, g2 = assert_matches_reference(name, features, labels.to(torch.int32))
+        torch.testing.assert_close(v1, v2)
+        torch.testing.assert_close(g1, g2)
+
+    def test_zero_norm_rows(self, name, device):
+        features, labels = random_problem(24, 10, 3, device)
+        features[3] = 0
+        features[7] = 0
+        labels[7] = labels[3]
+        value, grad = assert_matches_reference(name, features, labels)
+        assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+    @pytest.mark.parametrize("magnitude", [1e-6, 1e30])
+    def test_tiny_and_huge_values_float32(self, name, magnitude, device):
+        features, labels = random_problem(40, 16, 4, device, torch.float32)
+        value, grad = assert_matches_reference(name, features * magnitude, labels)
+        assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+    def test_non_contiguous_inputs(self, name, device):
+        wide = torch.randn(30, 24, dtype=torch.float64, device=device)
+        features = wide[:, ::2]  # strided columns
+        labels = torch.randint(0, 4, (60,), device=device)[::2]
+        assert not features.is_contiguous() and not labels.is_contiguous()
+        assert_matches_reference(name, features, labels)
+        assert_matches_reference(name, wide.T.contiguous().T[:, :9], labels)
+
+    def test_nan_features_propagate(self, name, device):
+        features, labels = random_problem(10, 4, 2, device, torch.float32)
+        features[3, 1] = float("nan")
+        leaf = features.clone().requires_grad_(True)
+        value = LOSS_OPS[name][0](leaf, labels, 0.1, 0.1, 0)
+        value.backward()
+        assert torch.isnan(value), name
+        assert torch.isnan(leaf.grad).any(), name
 
 
-@pytest.mark.parametrize("name", ALL_OPS)
+def assert_low_precision_within_twice_eager_error(fused, eager_form, exact_form, dtype, device):
+    """flash-attention criterion: error vs float64 within 2x of eager PyTorch's error in dtype.
+    Each form maps (features, labels) to the scalar."""
+    features, labels = random_problem(256, 64, 10, device, torch.float32)
+    low = features.to(dtype)
+    exact = exact_form(low.double(), labels)
+    leaf = low.clone().requires_grad_(True)
+    ours = fused(leaf, labels)
+    (our_grad,) = torch.autograd.grad(ours, leaf)
+    eager_leaf = low.clone().requires_grad_(True)
+    eager = eager_form(eager_leaf, labels)
+    (eager_grad,) = torch.autograd.grad(eager, eager_leaf)
+    leaf64 = low.double().requires_grad_(True)
+    (exact_grad,) = torch.autograd.grad(exact_form(leaf64, labels), leaf64)
+    assert ours.dtype == dtype and our_grad.dtype == dtype
+    ulp = torch.finfo(dtype).eps
+    assert abs(ours.double() - exact) <= 2 * abs(eager.double() - exact) + ulp * abs(exact)
+    our_err = (our_grad.double() - exact_grad).abs().max()
+    eager_err = (eager_grad.double() - exact_grad).abs().max()
+    assert our_err <= 2 * eager_err + ulp * exact_grad.abs().max()
+
+
+def assert_gradcheck_float64(name, device):
+    features, labels = random_problem(12, 5, 3, device)
+    fused = LOSS_OPS[name][0]
+    assert torch.autograd.gradcheck(lambda f: fused(f, labels, 0.1, 0.3, 0), (features.requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda f: fused(f, labels, 0.1, 0.3, 5), (features,))
+
+
+class TestLossOps(FeatureOpContract):
+    @pytest.fixture(params=LOSS_NAMES)
+    def name(self, request):
+        return request.param
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
 def test_batch_of_one(name, device):
     features, labels = random_problem(1, 7, 1, device)
     value, grad = assert_matches_reference(name, features, labels)
-    if name == "intra_class_cosine":
-        assert torch.isnan(value)  # no pair i != j: the mean over an empty set
-    else:
-        assert value.item() == pytest.approx(0.0, abs=1e-12)
+    assert value.item() == pytest.approx(0.0, abs=1e-12)
     assert torch.all(grad == 0)
-
-
-@pytest.mark.parametrize("name", ALL_OPS)
-def test_class_with_one_member_and_all_one_class(name, device):
-    features, labels = random_problem(20, 6, 3, device)
-    labels[0] = 99  # a singleton class
-    assert_matches_reference(name, features, labels)
-    assert_matches_reference(name, features, torch.zeros_like(labels))
-
-
-@pytest.mark.parametrize("name", ALL_OPS)
-def test_arbitrary_label_values_and_int32(name, device):
-    features, labels = random_problem(30, 8, 4, device)
-    sparse = torch.tensor([-7, 3, 1_000_000_007, 42], device=device)[labels]
-    v1, g1 = assert_matches_reference(name, features, sparse)
-    v2, g2 = assert_matches_reference(name, features, labels.to(torch.int32))
-    torch.testing.assert_close(v1, v2)
-    torch.testing.assert_close(g1, g2)
-
-
-@pytest.mark.parametrize("name", ALL_OPS)
-def test_zero_norm_rows(name, device):
-    features, labels = random_problem(24, 10, 3, device)
-    features[3] = 0
-    features[7] = 0
-    labels[7] = labels[3]
-    value, grad = assert_matches_reference(name, features, labels)
-    assert torch.isfinite(value) and torch.isfinite(grad).all()
-
-
-@pytest.mark.parametrize("name", ALL_OPS)
-@pytest.mark.parametrize("magnitude", [1e-6, 1e30])
-def test_tiny_and_huge_values_float32(name, magnitude, device):
-    features, labels = random_problem(40, 16, 4, device, torch.float32)
-    value, grad = assert_matches_reference(name, features * magnitude, labels)
-    assert torch.isfinite(value) and torch.isfinite(grad).all()
-
-
-@pytest.mark.parametrize("name", ALL_OPS)
-def test_non_contiguous_inputs(name, device):
-    wide = torch.randn(30, 24, dtype=torch.float64, device=device)
-    features = wide[:, ::2]  # strided columns
-    labels = torch.randint(0, 4, (60,), device=device)[::2]
-    assert not features.is_contiguous() and not labels.is_contiguous()
-    assert_matches_reference(name, features, labels)
-    assert_matches_reference(name, wide.T.contiguous().T[:, :9], labels)
 
 
 @pytest.mark.parametrize("name", ["mi_ue_loss", "sim_loss", "dist_loss"])
@@ -136,17 +174,6 @@ def test_near_duplicate_rows_float32(device):
     assert_matches_reference("dist_loss", features, labels)
 
 
-def test_nan_features_propagate(device):
-    features, labels = random_problem(10, 4, 2, device, torch.float32)
-    features[3, 1] = float("nan")
-    for name in ["mi_ue_loss", "sim_loss", "dist_loss", "intra_class_cosine"]:
-        leaf = features.clone().requires_grad_(True)
-        value = LOSS_OPS[name][0](leaf, labels, 0.1, 0.1, 0)
-        value.backward()
-        assert torch.isnan(value), name
-        assert torch.isnan(leaf.grad).any(), name
-
-
 def test_zeta_weights_the_distance_term(device):
     features, labels = random_problem(20, 6, 3, device)
     combined = ops.mi_ue_loss(features, labels, 0.2, zeta=0.7)
@@ -172,37 +199,12 @@ def test_miue_loss_module_in_a_training_step(device):
         torch.testing.assert_close(criterion(model(x), y), reference.mi_ue_loss(model(x).double(), y).float())
 
 
-LOW_PRECISION_FORMS = {  # fused op, eager PyTorch form, float64 reference
-    "mi_ue_loss": (lambda f, y, z: ops.mi_ue_loss(f, y, 0.1, z), lambda f, y, z: reference.mi_ue_loss_eager(f, y, 0.1, z),
-                   lambda f, y, z: reference.mi_ue_loss(f, y, 0.1, z)),
-    "intra_class_cosine": (lambda f, y, z: ops.intra_class_cosine(f, y),
-                           lambda f, y, z: intra_class_cosine_eager(f, y),
-                           lambda f, y, z: reference.intra_class_cosine(f, y)),
-}
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name, zeta", [("mi_ue_loss", 0.0), ("mi_ue_loss", 0.1), ("intra_class_cosine", None)])
-def test_low_precision_within_twice_eager_error(dtype, name, zeta, device):
-    """flash-attention criterion: error vs float64 within 2x of eager PyTorch's error in dtype."""
-    fused, eager_form, exact_form = LOW_PRECISION_FORMS[name]
-    features, labels = random_problem(256, 64, 10, device, torch.float32)
-    low = features.to(dtype)
-    exact = exact_form(low.double(), labels, zeta)
-    leaf = low.clone().requires_grad_(True)
-    ours = fused(leaf, labels, zeta)
-    (our_grad,) = torch.autograd.grad(ours, leaf)
-    eager_leaf = low.clone().requires_grad_(True)
-    eager = eager_form(eager_leaf, labels, zeta)
-    (eager_grad,) = torch.autograd.grad(eager, eager_leaf)
-    leaf64 = low.double().requires_grad_(True)
-    (exact_grad,) = torch.autograd.grad(exact_form(leaf64, labels, zeta), leaf64)
-    assert ours.dtype == dtype and our_grad.dtype == dtype
-    ulp = torch.finfo(dtype).eps
-    assert abs(ours.double() - exact) <= 2 * abs(eager.double() - exact) + ulp * abs(exact)
-    our_err = (our_grad.double() - exact_grad).abs().max()
-    eager_err = (eager_grad.double() - exact_grad).abs().max()
-    assert our_err <= 2 * eager_err + ulp * exact_grad.abs().max()
+@pytest.mark.parametrize("zeta", [0.0, 0.1])
+def test_low_precision_within_twice_eager_error(dtype, zeta, device):
+    assert_low_precision_within_twice_eager_error(
+        lambda f, y: ops.mi_ue_loss(f, y, 0.1, zeta), lambda f, y: reference.mi_ue_loss_eager(f, y, 0.1, zeta),
+        lambda f, y: reference.mi_ue_loss(f, y, 0.1, zeta), dtype, device)
 
 
 @settings(max_examples=40, deadline=None)
@@ -219,12 +221,7 @@ def test_random_shapes_property(batch, dim, classes, temperature, zeta, seed):
     features = torch.randn(batch, dim, dtype=torch.float64, generator=generator)
     labels = torch.randint(0, classes, (batch,), generator=generator)
     assert_matches_reference("mi_ue_loss", features, labels, temperature, zeta)
-    assert_matches_reference("intra_class_cosine", features, labels)
 
 
-@pytest.mark.parametrize("name", ["mi_ue_loss", "intra_class_cosine"])
-def test_gradcheck_float64(name, device):
-    features, labels = random_problem(12, 5, 3, device)
-    fused = LOSS_OPS[name][0]
-    assert torch.autograd.gradcheck(lambda f: fused(f, labels, 0.1, 0.3, 0), (features.requires_grad_(True),))
-    assert torch.autograd.gradcheck(lambda f: fused(f, labels, 0.1, 0.3, 5), (features,))
+def test_gradcheck_float64(device):
+    assert_gradcheck_float64("mi_ue_loss", device)

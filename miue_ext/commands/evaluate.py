@@ -4,6 +4,8 @@ POISON is a poison file written by `miue generate`, `clean` (no perturbation) or
 (uniform noise in [-eps, eps], the same budget as --eps). The clean test accuracy is
 measured after every epoch; the report gives the final and the peak value (lower = the
 poison protects the data better). Writes OUT/report.json, OUT/accuracy.png and OUT/victim.pt.
+Another tool's poison of the --data set is read as png:DIR, em:FILE.pt or avatar:FILE.npz
+(docs/formats.md), and refused where it leaves the budget --eps.
 
 examples:
   miue evaluate --poison poison.npz
@@ -11,28 +13,33 @@ examples:
   miue evaluate --poison random --eps 8 --out eval_random
   miue evaluate --poison poison.npz --defense jpeg:10 --out eval_jpeg
   miue evaluate --poison poison.npz --defense at:4 --model resnet18 --device cuda
+  miue evaluate --poison em:em_run/perturbation.pt --data cifar10 --defense jpeg:10
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-from pathlib import Path
 
 from miue_ext.commands.common import VICTIM_EPOCHS, default_epochs, epochs_help, logger, resolve_device
+from miue_ext.datasets.cli_args import add_image_arguments, load_kwargs
 from miue_ext.evaluate.defenses import DEFENSE_NAMES
 from miue_ext.evaluate.victims import DEFAULT_VICTIM, VICTIM_NAMES
+from miue_ext.poison_formats import SPEC_HELP, poison_exists, poison_label
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--poison", required=True, help="poison .npz | clean | random")
+    p.add_argument("--poison", required=True, help=f"poison .npz | {SPEC_HELP} | clean | random")
     p.add_argument("--data", help="data set of the clean images (default: the one recorded in the poison "
-                                  "file, else patches): patches | digits | cifar10 | cifar100")
+                                  "file, else patches): patches | digits | cifar10 | cifar100 | imagefolder:PATH | "
+                                  "tiny-imagenet:PATH | imagenet100:PATH | mini-imagenet:PATH | npz:PATH")
     p.add_argument("--test-data", help="clean test set (default: the test split of --data; required for "
                                        "npz:PATH and imagefolder:PATH data)")
     p.add_argument("--root", help="folder of the CIFAR files")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
-    p.add_argument("--eps", type=float, default=8.0, help="budget of `random` in 1/255 units (default 8)")
+    add_image_arguments(p)  # the same --image-size as the poison was generated with
+    p.add_argument("--eps", type=float, default=8.0, help="budget of `random` (and the bound of a png:/em:/avatar: "
+                                                          "poison) in 1/255 units (default 8)")
     p.add_argument("--model", default="auto", help=f"victim: {' | '.join(VICTIM_NAMES)} (default: "
                    f"{DEFAULT_VICTIM['cpu']} on CPU, {DEFAULT_VICTIM['cuda']} on CUDA; never the default surrogate)")
     p.add_argument("--defense", default="none", help=" | ".join(DEFENSE_NAMES) + " (default none)")
@@ -48,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_out(poison: str, defense: str) -> str:
-    stem = Path(poison).stem if poison.endswith(".npz") else poison
+    stem = poison_label(poison)  # "clean", "random", a file's stem, "em-<folder>", ...
     return f"report_{stem}_{defense.replace(':', '')}"
 
 
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.errors import InputError, writing
     from miue_ext.evaluate.defenses import parse_defense
     from miue_ext.evaluate.evaluation import evaluate_poison
-    from miue_ext.evaluate.report import check_new_folder, write_report
+    from miue_ext.evaluate.evaluation_report import check_new_folder, write_report
     from miue_ext.evaluate.train import TrainConfig
     from miue_ext.evaluate.training_sets import BASELINES, data_spec_for, load_data
     from miue_ext.evaluate.victims import default_lr, default_victim
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.poison, args.defense)
     check_new_folder(out)  # fail now, not after the training
     defense = parse_defense(args.defense).spec  # a typo fails before the data set loads
-    if args.poison not in BASELINES and not Path(args.poison).is_file():
+    if args.poison not in BASELINES and not poison_exists(args.poison):
         raise InputError(f"--poison {args.poison}: no such file (or use clean | random)")
     if not (math.isfinite(args.eps) and 0 < args.eps <= 255):
         raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
@@ -80,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
                          seed=args.seed)
     data_spec = data_spec_for(args.poison, args.data)
-    train, test = load_data(data_spec, args.root, args.download, args.test_data)
+    train, test = load_data(data_spec, args.root, args.download, args.test_data, **load_kwargs(args))
     log = logger(args.progress)
     result = evaluate_poison(args.poison, train, test, data_spec, model_name, config, defense,
                              random_eps=args.eps / 255, device=device, progress=args.progress, log=log)

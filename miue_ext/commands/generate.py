@@ -20,16 +20,19 @@ import math
 from pathlib import Path
 
 from miue_ext.commands.common import GENERATE_EPOCHS, default_epochs, epochs_help, logger, resolve_device
-from miue_ext.generate.config import METHODS, MODES, OBJECTIVES
+from miue_ext.datasets.cli_args import add_image_arguments, load_kwargs
+from miue_ext.generate.config import METHODS, MODES, OBJECTIVES, STORAGES, STREAM_DTYPES
 from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data and output")
     data.add_argument("--data", default="patches", metavar="SPEC",
-                      help="patches (default) | digits | cifar10 | cifar100 | imagefolder:PATH | npz:PATH")
+                      help="patches (default) | digits | cifar10 | cifar100 | imagefolder:PATH | tiny-imagenet:PATH | "
+                           "imagenet100:PATH | mini-imagenet:PATH | npz:PATH")
     data.add_argument("--root", metavar="DIR", help="folder of the CIFAR files (cifar10/cifar100)")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
+    add_image_arguments(data)  # --image-size, --resize-to, --cache-dir
     data.add_argument("--max-samples", type=int, metavar="N", help="use only the first N training samples")
     data.add_argument("--out", default="poison.npz", metavar="FILE", help="poison file to write (default: poison.npz)")
 
@@ -79,6 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate")
     run.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
+    run.add_argument("--storage", choices=STORAGES, help="where images and delta live: resident on the device, "
+                     "stream (chunks from host memory, delta in memory-mapped files beside the checkpoint) or "
+                     "auto (the default: stream only when resident data would take over half the free memory)")
+    run.add_argument("--stream-dtype", choices=STREAM_DTYPES,
+                     help="dtype of a streamed run's delta files (default float16; float32 matches resident exactly)")
+    run.add_argument("--chunk-size", dest="chunk_rows", type=int, metavar="N",
+                     help="images per streamed chunk (default: about 64 MiB of float32 delta; whole batches)")
     run.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.ckpt, removed after success)")
     run.add_argument("--checkpoint-every", type=int, metavar="N", help="epochs between checkpoints (default 1)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
@@ -131,6 +141,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         random_start=args.random_start,
         stop_accuracy=stop, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, checkpoint_every=args.checkpoint_every,
+        storage=args.storage, stream_dtype=args.stream_dtype, chunk_rows=args.chunk_rows,
     )
     if args.no_stop_rule:
         config.stop_accuracy = None
@@ -159,16 +170,15 @@ def _check_out(args: argparse.Namespace) -> None:
         check_checkpoint_folder(folder, "the checkpoint folder (--out + .ckpt)")
 
 
-def _load_data(args: argparse.Namespace):
-    from miue_ext.datasets import ImageDataset, load_dataset
+def _load_data(args: argparse.Namespace, progress: bool | None = None):
+    from miue_ext.datasets import load_dataset
     from miue_ext.errors import InputError
 
-    dataset = load_dataset(args.data, "train", root=args.root, download=args.download)
+    dataset = load_dataset(args.data, "train", root=args.root, download=args.download, **load_kwargs(args, progress))
     if args.max_samples is not None:
         if args.max_samples < 1:
             raise InputError(f"--max-samples must be >= 1, got {args.max_samples}")
-        dataset = ImageDataset(dataset.images[: args.max_samples], dataset.labels[: args.max_samples],
-                               name=dataset.name, num_classes=dataset.num_classes, class_names=dataset.class_names)
+        dataset = dataset.prefix(args.max_samples)  # keeps a memory map and the relative paths
     return dataset
 
 
@@ -196,15 +206,21 @@ def _announce(log, args, config, dataset, device, processes: str = "") -> None:
 
 
 def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = None) -> None:
-    from miue_ext.generate.report import poison_meta, summary_lines
-    from miue_ext.poison_file import load_poison, quantize, save_poison
+    from miue_ext.generate.run_summary import poison_meta, summary_lines
+    from miue_ext.poison_writer import save_poison_rows, verify_rows
 
-    poisoned, perturbation = quantize(dataset.images, result.delta.numpy(), config.eps)
     meta = poison_meta(args.method, config, result, dataset)
+    # How to rebuild the clean rows: `miue evaluate`/`mi` reload them, and `miue export --format
+    # imagefolder` writes each poisoned image under its source's relative path.
+    meta["data"] = {"spec": args.data, "image_size": getattr(args, "image_size", None),
+                    "resize_to": getattr(args, "resize_to", None), "max_samples": args.max_samples}
+    if dataset.relative_paths:
+        meta["relative_paths"] = list(dataset.relative_paths)
     meta.update(extra_meta or {})
-    save_poison(args.out, poisoned, dataset.labels, perturbation, meta)
-    load_poison(args.out, clean_images=dataset.images)  # read back: budget and round trip
-    for line in summary_lines(result, perturbation, args.out):
+    # In rows: a streamed run's delta is a file, and the data set may be a memory map.
+    stats = save_poison_rows(args.out, dataset.images, dataset.labels, result.delta, config.eps, meta)
+    verify_rows(args.out, dataset.images, config.eps)  # read back: budget and round trip
+    for line in summary_lines(result, stats, len(dataset), args.out):
         log(line)
     if args.checkpoint_dir is None and not args.keep_checkpoint:
         from miue_ext.output_safety import remove_owned_checkpoint_dir
@@ -281,7 +297,7 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
                 raise InputError("--download is not available under torchrun; download the data once without "
                                  "torchrun (e.g. miue generate --download --epochs 1), then launch the group")
             config = build_config(args, ctx.device.type)
-            dataset = _load_data(args)
+            dataset = _load_data(args, progress=args.progress and ctx.is_main)
             signature = {"data sha256": dataset.fingerprint(), "data shape": list(dataset.images.shape),
                          "--model": args.model, "--feature-layer": args.feature_layer, "--resume": args.resume,
                          "--checkpoint-dir": str(folder),

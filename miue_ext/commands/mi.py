@@ -2,7 +2,8 @@
 images it was trained on (clean, noisy or poisoned) have in common?
 
 Each ROW is a report folder written by `miue evaluate` (its trained victim is reused), or a
-training set to train a victim on first: a poison .npz, `clean` or `random`. For each row it
+training set to train a victim on first: a poison .npz, another tool's poison (png:DIR,
+em:FILE.pt or avatar:FILE.npz, with --data: docs/formats.md), `clean` or `random`. For each row it
 estimates the sliced mutual information I(g(X); g(X')) between the victim's features of every
 clean training image x and of its perturbed version x' (histogram, KSG k-NN and MINE
 estimators on the same random 1-D projections, in nats), and the intra-class cosine similarity
@@ -19,11 +20,13 @@ import json
 from pathlib import Path
 
 from miue_ext.commands.common import logger
+from miue_ext.datasets.cli_args import add_image_arguments
 from miue_ext.mi.sliced import ESTIMATORS
+from miue_ext.poison_formats import SPEC_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rows", nargs="+", help="report folder | poison .npz | clean | random")
+    p.add_argument("rows", nargs="+", help=f"report folder | poison .npz | {SPEC_HELP} | clean | random")
     p.add_argument("--estimators", default=",".join(ESTIMATORS), help=f"comma list of {', '.join(ESTIMATORS)} "
                                                                       "(default: all)")
     p.add_argument("--projections", type=int, default=64, help="random projection pairs (default 64)")
@@ -34,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--data", help="data set (default: recorded in the poison file, else patches)")
     train.add_argument("--test-data", help="clean test set (default: the test split of --data)")
     train.add_argument("--root", help="folder of the CIFAR files")
-    train.add_argument("--eps", type=float, default=8.0, help="budget of `random` in 1/255 units (default 8)")
+    add_image_arguments(train)  # also used to rebuild the training set of a report folder
+    train.add_argument("--eps", type=float, default=8.0, help="budget of `random` (and the bound of a png:/em:/avatar: "
+                                                              "poison) in 1/255 units (default 8)")
     train.add_argument("--model", default="auto", help="victim architecture (default as `miue evaluate`)")
     train.add_argument("--epochs", type=int, help="victim epochs (default as `miue evaluate`)")
     train.add_argument("--device", default="auto")
@@ -97,7 +102,7 @@ def _loaded_victim(row, folder: Path):
     import pickle
 
     from miue_ext.errors import InputError
-    from miue_ext.evaluate.report import MODEL_FILE
+    from miue_ext.evaluate.evaluation_report import MODEL_FILE
 
     try:
         model = row.train()

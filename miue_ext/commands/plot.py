@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from miue_ext.atomic import check_writable
     from miue_ext.errors import InputError
-    from miue_ext.evaluate.report import load_report, plot_curves, plot_versus_eps, report_label
+    from miue_ext.evaluate.evaluation_report import load_report, plot_curves, plot_versus_eps, report_label
 
     try:
         check_writable(args.out)

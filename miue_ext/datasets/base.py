@@ -1,4 +1,4 @@
-"""The in-memory image data set every loader returns."""
+"""The image data set every loader returns: in memory, or memory-mapped from an image cache."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,8 @@ import numpy as np
 from miue_ext.datasets.limits import check_image_size, check_labels
 from miue_ext.errors import InputError
 
+FINGERPRINT_BLOCK_BYTES = 64 << 20
+
 
 @dataclass
 class ImageDataset:
@@ -17,9 +19,13 @@ class ImageDataset:
     name: str
     num_classes: int = 0  # 0: infer as max(label) + 1
     class_names: list[str] = field(default_factory=list)
+    # Image folders: each row's file, relative to its folder ("class/file.jpg"), so that a poison
+    # can be written back as a folder of the same layout. Empty for data sets without files.
+    relative_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.images = np.asarray(self.images)
+        if not isinstance(self.images, np.memmap):  # np.asarray would turn a memmap into a plain view
+            self.images = np.asarray(self.images)
         labels = np.asarray(self.labels)
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise InputError(
@@ -39,14 +45,28 @@ class ImageDataset:
             self.num_classes = int(self.labels.max()) + 1
         if not self.class_names:
             self.class_names = [str(c) for c in range(self.num_classes)]
+        self.relative_paths = list(self.relative_paths)
+        if self.relative_paths and len(self.relative_paths) != len(self):
+            raise InputError(f"{self.name}: {len(self.relative_paths)} relative paths for {len(self)} images")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def prefix(self, n: int) -> "ImageDataset":
+        """The first n rows (a view: a memory-mapped data set stays mapped)."""
+        return ImageDataset(self.images[:n], self.labels[:n], name=self.name, num_classes=self.num_classes,
+                            class_names=self.class_names, relative_paths=self.relative_paths[:n])
+
     def fingerprint(self) -> str:
-        """SHA-256 of images and labels: a checkpoint is only resumed on the very same data."""
+        """SHA-256 of images and labels: a checkpoint is only resumed on the very same data.
+
+        Hashed a block of rows at a time, so that a memory-mapped data set is read through the
+        page cache (and a non-contiguous one copied a block at a time), never all at once."""
         digest = hashlib.sha256()
         digest.update(repr(self.images.shape).encode())
-        digest.update(np.ascontiguousarray(self.images).data)
+        row_bytes = max(1, int(np.prod(self.images.shape[1:])))
+        step = max(1, FINGERPRINT_BLOCK_BYTES // row_bytes)
+        for start in range(0, len(self), step):
+            digest.update(np.ascontiguousarray(self.images[start : start + step]).data)
         digest.update(self.labels.data)
         return digest.hexdigest()

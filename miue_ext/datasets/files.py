@@ -1,8 +1,9 @@
-"""User data: a folder of class sub-folders, or a NumPy archive.
+"""User data: a NumPy archive, or a folder of class sub-folders whose images share one size.
 
 Both are read defensively (see limits.py): an archive's array headers are checked against the
 available memory before any data is read, and every image file's declared size before it is
 decoded, so a corrupt or hostile file is refused with one line instead of exhausting memory.
+(Folders of mixed sizes, resized to one: image_cache.py.)
 """
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from miue_ext.datasets import decode, layouts, limits
 from miue_ext.datasets.base import ImageDataset
-from miue_ext.datasets import limits
+from miue_ext.datasets.decode import IMAGE_SUFFIXES  # noqa: F401  (its old home)
 from miue_ext.errors import InputError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def load_npz(path: str) -> ImageDataset:
@@ -38,55 +38,41 @@ def load_npz(path: str) -> ImageDataset:
     return ImageDataset(images, labels, name=Path(path).name)
 
 
-def _open_image(file: Path):
-    """PIL image, refused before decoding when it declares more than PIL's MAX_IMAGE_PIXELS."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(file)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise InputError(f"{file}: refused, a possible decompression bomb ({err})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-        raise InputError(f"{file}: not a readable image ({err})") from None
-
-
 def load_imagefolder(path: str) -> ImageDataset:
-    """`path/<class>/<image>`: classes in sorted order, images sorted by file name."""
-    root = Path(path)
-    if not root.is_dir():
-        raise InputError(f"no such directory: {path}")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    if not class_dirs:
-        raise InputError(f"{path}: no class sub-folders")
-    files = [(label, f) for label, class_dir in enumerate(class_dirs)
-             for f in sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)]
-    if not files:
-        raise InputError(f"{path}: no images found")
-    images, labels, first = [], [], None
-    for label, file in files:
-        img = _open_image(file)
-        try:
-            if first is None:  # all images must share this size: check the total before decoding
-                first = (file, img.size)
-                total, limit = len(files) * img.size[0] * img.size[1] * 3, limits.memory_limit_bytes()
-                if total > limit:
-                    raise InputError(f"{path}: {len(files)} images of {img.size[0]}x{img.size[1]} need "
-                                     f"{limits.human_bytes(total)}, more than the {limits.human_bytes(limit)} "
-                                     f"of memory available")
-            elif img.size != first[1]:
-                raise InputError(f"{path}: images differ in size ({first[0].name} is {first[1][0]}x{first[1][1]}, "
-                                 f"{file.relative_to(root)} is {img.size[0]}x{img.size[1]}); resize them to one "
-                                 f"size first")
+    """`path/<class>/<image>` with all images one size, kept as they are (layouts.imagefolder
+    gives the order). Mixed sizes need an image size: see image_cache.py."""
+    from PIL import Image
+
+    listing = layouts.imagefolder(path)
+    root, files = listing.root, listing.files()
+    images, first = None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for row, file in enumerate(files):
+            img = decode.open_image(file)
             try:
-                images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-            except (OSError, ValueError, SyntaxError, EOFError) as err:
-                raise InputError(f"{file}: not a readable image ({err})") from None
-        finally:
-            img.close()
-        labels.append(label)
-    return ImageDataset(
-        np.stack(images), np.asarray(labels), name=root.name,
-        num_classes=len(class_dirs), class_names=[d.name for d in class_dirs],
-    )
+                size = decode.display_size(img)  # from the header: checked before decoding
+                if first is None:  # all images must share this size: check the total before decoding
+                    first = (file, size)
+                    total, limit = len(files) * size[0] * size[1] * 3, limits.memory_limit_bytes()
+                    if total > limit:
+                        raise InputError(f"{path}: {len(files)} images of {size[0]}x{size[1]} need "
+                                         f"{limits.human_bytes(total)}, more than the {limits.human_bytes(limit)} "
+                                         f"of memory available; pass --image-size S to decode them into an "
+                                         f"on-disk cache instead")
+                    images = np.empty((len(files), size[1], size[0], 3), np.uint8)  # pages taken as filled
+                elif size != first[1]:
+                    raise InputError(f"{path}: images differ in size ({first[0].relative_to(root)} is "
+                                     f"{first[1][0]}x{first[1][1]}, {file.relative_to(root)} is {size[0]}x{size[1]}); "
+                                     f"pass --image-size S to resize the shorter side to S and centre-crop SxS, or "
+                                     f"resize them to one size first")
+                pixels = np.asarray(decode.to_rgb(img, file), dtype=np.uint8)
+                if pixels.shape != images.shape[1:]:
+                    raise InputError(f"{file}: decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, not the "
+                                     f"{size[0]}x{size[1]} its header declares")
+                images[row] = pixels
+            finally:
+                img.close()
+    return ImageDataset(images, np.asarray(listing.labels, dtype=np.int64), name=listing.name,
+                        num_classes=len(listing.class_names), class_names=listing.class_names,
+                        relative_paths=listing.relative_paths)

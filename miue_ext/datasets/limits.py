@@ -19,6 +19,9 @@ from miue_ext.errors import InputError
 # The networks shrink an image 8-fold: smallcnn and plaincnn pool 3 times by 2, the CIFAR-style
 # ResNets have 3 stride-2 stages. (The vgg11 victim pools 5 times and needs 32x32.)
 MIN_IMAGE_SIDE = 8
+# --image-size / --resize-to: a decoded image folder holds N * S * S * 3 bytes; 4096 (48 MiB an
+# image) is far above any classification data set, and a typo such as 22400 fails at once.
+MAX_IMAGE_SIDE = 4096
 # Labels are class indices 0..C-1: the classifier gets C outputs. ImageNet-21k has 21,841 classes.
 MAX_CLASSES = 100_000
 # With more than this many classes, at least half of the ids 0..C-1 must occur (else the labels

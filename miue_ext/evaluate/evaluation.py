@@ -10,7 +10,7 @@ from torch import nn
 
 from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError
-from miue_ext.evaluate import report as reports
+from miue_ext.evaluate import evaluation_report as reports
 from miue_ext.evaluate.defenses import parse_defense
 from miue_ext.evaluate.train import TrainConfig, train_victim
 from miue_ext.evaluate.training_sets import TrainingSet, load_training_set

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from miue_ext.evaluate.augment import random_crop_flip
+from miue_ext.augment import random_crop_flip
 from miue_ext.evaluate.defenses import Defense
 from miue_ext.evaluate.defenses.adversarial import pgd_attack
 from miue_ext.errors import NonFiniteLossError

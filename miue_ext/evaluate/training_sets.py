@@ -11,6 +11,7 @@ import numpy as np
 from miue_ext.datasets import ImageDataset, load_dataset
 from miue_ext.errors import InputError
 from miue_ext.poison_file import load_poison, quantize
+from miue_ext.poison_formats import foreign_format, load_any_poison, poison_source
 
 BASELINES = ("clean", "random")
 KNOWN_DATA = ("patches", "digits", "cifar10", "cifar100")
@@ -31,6 +32,9 @@ def data_spec_for(poison: str, data: str | None) -> str:
     """--data if given; otherwise the data set recorded in the poison file; otherwise `patches`."""
     if data:
         return data
+    if foreign_format(poison):
+        raise InputError(f"{poison}: a {foreign_format(poison)} poison records no data set; pass --data (the clean "
+                         "set it was made from)")
     if poison not in BASELINES and os.path.isfile(poison):
         recorded = str(load_poison(poison).meta.get("dataset", ""))
         base = recorded.removesuffix("-train")
@@ -49,13 +53,17 @@ def uniform_noise(clean: np.ndarray, eps: float, seed: int) -> tuple[np.ndarray,
 
 
 def load_training_set(poison: str, clean: ImageDataset, eps: float, seed: int) -> TrainingSet:
-    """`poison` is "clean", "random" or a poison .npz made from (a prefix of) `clean`."""
+    """`poison` is "clean", "random", a poison .npz made from (a prefix of) `clean`, or another
+    tool's poison of all of `clean` (png:DIR, em:FILE.pt, avatar:FILE.npz) within the budget `eps`."""
     if poison == "clean":
         return TrainingSet(clean.images, clean.labels, clean.images, "clean", 0.0, {"kind": "clean"})
     if poison == "random":
         images, _ = uniform_noise(clean.images, eps, seed)
         return TrainingSet(images, clean.labels, clean.images, "random", eps,
                            {"kind": "random", "noise_seed": seed + RANDOM_NOISE_SEED})
+    if foreign_format(poison):  # see docs/formats.md
+        file = load_any_poison(poison, clean, eps)
+        return TrainingSet(file.images, file.labels, clean.images, file.meta["method"], eps, poison_source(poison, file))
     file = load_poison(poison)
     n = len(file.labels)
     if n > len(clean) or file.images.shape[1:] != clean.images.shape[1:]:
@@ -75,11 +83,13 @@ def load_training_set(poison: str, clean: ImageDataset, eps: float, seed: int) -
 
 
 def load_data(spec: str, root: str | None = None, download: bool = False,
-              test_spec: str | None = None) -> tuple[ImageDataset, ImageDataset]:
+              test_spec: str | None = None, **image_options) -> tuple[ImageDataset, ImageDataset]:
     """(training split, clean test set): the test split of `spec`, or the data set `test_spec`
-    (needed for npz: and imagefolder: data, which hold a single split)."""
-    train = load_dataset(spec, "train", root, download)
-    test = load_dataset(test_spec, "train", root, download) if test_spec else load_dataset(spec, "test", root, download)
+    (needed for npz: and imagefolder: data, which hold a single split). `image_options`:
+    load_dataset's image_size, resize_to, cache_dir and progress, for both."""
+    train = load_dataset(spec, "train", root, download, **image_options)
+    test = (load_dataset(test_spec, "train", root, download, **image_options) if test_spec
+            else load_dataset(spec, "test", root, download, **image_options))
     if test.num_classes > train.num_classes:
         raise InputError(f"the test set has {test.num_classes} classes, the training set {train.num_classes}")
     return train, test

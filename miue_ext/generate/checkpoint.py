@@ -248,19 +248,32 @@ def check_values(state: dict, where, *, delta_shape: tuple, eps: float, epochs: 
         raise InputError(f"{where}: checkpoint epoch {epoch} is outside [0, {epochs}] (--epochs {epochs})")
     if not (isinstance(state["seconds"], (int, float)) and math.isfinite(state["seconds"]) and state["seconds"] >= 0):
         raise InputError(f"{where}: checkpoint entry 'seconds' must be a finite number >= 0, got {state['seconds']!r}")
+    per = "class" if mode == "classwise" else "image"
+    if "delta_file" in state:  # a streamed run's delta is a file beside the checkpoint (storage.py checks it)
+        entry = state["delta_file"]
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or tuple(shape) != tuple(delta_shape):
+            raise InputError(f"{where}: the checkpoint's perturbation file has shape {shape}, but this data in "
+                             f"{mode} mode needs {list(delta_shape)} (one row per {per})")
+        return
     delta = state["delta"]
     if not delta.is_floating_point():
         raise InputError(f"{where}: the checkpoint's perturbation has dtype {delta.dtype}, expected floating point")
     if tuple(delta.shape) != tuple(delta_shape):
-        per = "class" if mode == "classwise" else "image"
         raise InputError(f"{where}: the checkpoint's perturbation has shape {list(delta.shape)}, but this data in "
                          f"{mode} mode needs {list(delta_shape)} (one row per {per})")
+    check_delta_budget(delta, eps, where)
+
+
+def check_delta_budget(delta: torch.Tensor, eps: float, where, stored_dtype: torch.dtype = torch.float32) -> None:
+    """Finite and within eps, up to the rounding of the dtype the values were stored in."""
     if delta.numel() == 0:
         return
     if not bool(torch.isfinite(delta).all()):
         raise InputError(f"{where}: the checkpoint's perturbation holds NaN or infinite values")
     largest = float(delta.abs().max())
-    if largest > eps * (1 + EPS_SLACK_REL) + EPS_SLACK_ABS:
+    slack = max(EPS_SLACK_REL, torch.finfo(stored_dtype).eps)
+    if largest > eps * (1 + slack) + EPS_SLACK_ABS:
         raise InputError(f"{where}: the checkpoint's perturbation reaches {largest * 255:.4g}/255, beyond its "
                          f"budget eps {eps * 255:g}/255")
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from miue_ext.errors import InputError
 
+STORAGES = ("auto", "resident", "stream")  # see generate/storage.py
+STREAM_DTYPES = ("float16", "float32")
+
 OBJECTIVES = ("mi", "sim", "cos", "ce")
 PAPER_EPOCHS = 100
 PAPER_ALPHA_START = 0.2 / 255
@@ -65,6 +68,12 @@ class GenerationConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the surrogate
     checkpoint_every: int = 1  # epochs between checkpoints (when a checkpoint folder is given)
+    # Where images and delta live (generate/storage.py): "resident" on the device, "stream" in
+    # chunks from host memory and memory-mapped delta files, "auto" streams only when resident
+    # data would take more than half of the free memory.
+    storage: str = "auto"
+    stream_dtype: str = "float16"  # the delta files of a streamed run (float32: bit-identical to resident)
+    chunk_rows: int = 0  # images per streamed chunk (0: about 64 MiB of float32 delta); whole batches
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "GenerationConfig":
@@ -112,11 +121,17 @@ class GenerationConfig:
              f"learning rates must be finite and positive, got lr {self.lr}")
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**32, f"seed must be in [0, 2^32), got {self.seed}")
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
+        need(self.storage in STORAGES, f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
+        need(self.stream_dtype in STREAM_DTYPES,
+             f"stream dtype must be one of {', '.join(STREAM_DTYPES)}, not {self.stream_dtype!r}")
+        need(isinstance(self.chunk_rows, int) and self.chunk_rows >= 0,
+             f"chunk rows must be an integer >= 0 (0: automatic), got {self.chunk_rows}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    # Settings that may change between a checkpoint and its resumption without changing the result.
-    RESUMABLE_CHANGES = ("compile", "checkpoint_every")
+    # Settings that may change between a checkpoint and its resumption: they change where the data
+    # lives, not the algorithm (a float16 stream rounds delta, so switching it is not bit-exact).
+    RESUMABLE_CHANGES = ("compile", "checkpoint_every", "storage", "stream_dtype", "chunk_rows")
     # Settings added after checkpoints already existed, with the behaviour those checkpoints had.
     ADDED_LATER = {"perturb_augment": False, "perturb_flip": False, "train_clamp": True}

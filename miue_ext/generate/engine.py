@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from miue_ext.augment import RandomShiftFlip
 from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError, NonFiniteLossError
 from miue_ext.generate import checkpoint as ckpt
-from miue_ext.generate import steps
+from miue_ext.generate import steps, storage
 from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.objectives import make_objective
 from miue_ext.generate.progress import Progress
@@ -31,7 +33,9 @@ from miue_ext.runtime import resolve_device
 
 @dataclass
 class GenerationResult:
-    delta: torch.Tensor  # float32 CPU [N, H, W, C], fractions, within [-eps, eps]
+    # Fractions within [-eps, eps], [N, H, W, C]: a float32 CPU tensor, or for a streamed run the
+    # memory-mapped NumPy array of its delta file (read it in rows: storage.iter_rows).
+    delta: "torch.Tensor | np.ndarray"
     history: list[dict] = field(default_factory=list)  # one record per epoch run
     seconds: float = 0.0  # wall time of all runs, resumed ones included
     device: str = "cpu"
@@ -106,16 +110,9 @@ class _Run:
         if self.dist is not None:
             ddp = _distributed().wrap_for_training(self.surrogate, self.dist)
             self.train_forward = torch.compile(ddp) if config.compile else ddp
-        self.images = torch.from_numpy(dataset.images).to(device)  # uint8, resident on the device
-        self.labels = torch.from_numpy(dataset.labels).to(device)
-        rows = dataset.num_classes if config.mode == "classwise" else self.n
-        self.delta = torch.zeros((rows, *dataset.images.shape[1:]), device=device)
-        if config.random_start:
-            noise = torch.rand(self.delta.shape, generator=_epoch_generator(config.seed, 0, 0))
-            self.delta.copy_(noise.mul_(2).sub_(1).mul_(config.eps))
-            if config.mode == "samplewise":  # keep x + delta a valid image
-                x = self.images.float().div_(255)
-                self.delta.copy_((x + self.delta).clamp_(0, 1) - x)
+        self.dataset, self.sample_shape = dataset, tuple(dataset.images.shape[1:])
+        self.delta_shape = (dataset.num_classes if config.mode == "classwise" else self.n, *self.sample_shape)
+        self.store = self._make_store(dataset)
         self.optimizer = torch.optim.SGD(self.surrogate.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs,
@@ -128,12 +125,51 @@ class _Run:
         self.has_checkpoint = False  # a good checkpoint exists (resumed from, or written by this run)
         self.stopped_early = False
 
+    # --- data ---------------------------------------------------------------------------------
+    def _make_store(self, dataset: ImageDataset):
+        cfg, dev = self.config, self.device
+        rows = dataset.num_classes if cfg.mode == "classwise" else self.n
+        sample_shape = tuple(dataset.images.shape[1:])
+        requested = cfg.storage
+        if self.dist is not None:
+            if requested == "stream":
+                raise InputError("--storage stream is not available under torchrun yet: every rank holds the data")
+            requested = "resident"
+        kind = storage.choose_storage(requested, self.n, sample_shape, dev)
+        if kind == "resident":
+            return storage.ResidentStore(dataset.images, dataset.labels, rows, dev)
+        chunk = storage.chunk_rows(sample_shape, cfg.batch_size, cfg.poison_batch_size, cfg.chunk_rows)
+        self.log(f"streaming the data in chunks of {chunk} images (delta stored as {cfg.stream_dtype} in "
+                 f"{self.checkpoint_dir or 'a temporary folder'})")
+        return storage.StreamStore(dataset.images, dataset.labels, rows, dev, rows_per_chunk=chunk,
+                                   dtype=cfg.stream_dtype, folder=self.checkpoint_dir)
+
+    def _initial_delta(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of --random-start's noise, drawn in row order from one generator (so
+        drawing it in chunks gives the very values of one draw)."""
+        cfg = self.config
+        if start == 0:
+            self.start_noise = _epoch_generator(cfg.seed, 0, 0)
+        noise = torch.rand((stop - start, *self.sample_shape), generator=self.start_noise)
+        delta = noise.mul_(2).sub_(1).mul_(cfg.eps)
+        if cfg.mode == "samplewise":  # keep x + delta a valid image
+            x = torch.from_numpy(np.asarray(self.dataset.images[start:stop])).float().div_(255)
+            delta = (x + delta).clamp_(0, 1) - x
+        return delta.numpy()
+
+    def _start_fresh(self) -> None:
+        initial = self._initial_delta if self.config.random_start else None
+        if self.store.streamed:
+            self.store.start(initial)
+        elif initial is not None:
+            self.store.delta.copy_(torch.from_numpy(initial(0, len(self.store.delta))))
+
     # --- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int, seconds: float) -> dict:
         return {
             "epoch": epoch, "model": self.surrogate.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.capture_rng_state(), "delta": self.delta.cpu(), "history": self.history,
+            "rng": ckpt.capture_rng_state(), **self.store.checkpoint_entries(epoch), "history": self.history,
             "config": self.config.to_dict(), "fingerprint": self.fingerprint, "seconds": seconds,
             "surrogate": self.model_name, "feature_layer": self.feature_layer, "stopped_early": self.stopped_early,
         }
@@ -144,7 +180,7 @@ class _Run:
         if self.dist is not None:
             from miue_ext.generate import sharded_checkpoint
 
-            state = sharded_checkpoint.load(self.checkpoint_dir, self.dist, delta_shape=tuple(self.delta.shape))
+            state = sharded_checkpoint.load(self.checkpoint_dir, self.dist, delta_shape=self.delta_shape)
             where = sharded_checkpoint.path_for_log(self.checkpoint_dir)
         else:
             state, where = ckpt.load_checkpoint(self.checkpoint_dir), ckpt.checkpoint_path(self.checkpoint_dir)
@@ -177,7 +213,7 @@ class _Run:
             ignore = (*ignore, "feature_layer")
         ckpt.check_compatible(saved, ours, state["fingerprint"], self.fingerprint,
                               ignore=ignore, added_later=GenerationConfig.ADDED_LATER)
-        ckpt.check_values(state, where, delta_shape=tuple(self.delta.shape), eps=cfg.eps, epochs=cfg.epochs,
+        ckpt.check_values(state, where, delta_shape=self.delta_shape, eps=cfg.eps, epochs=cfg.epochs,
                           mode=cfg.mode)
         for key, part, target in (("model", "surrogate weights", self.surrogate.model),
                                   ("optimizer", "optimizer state", self.optimizer),
@@ -187,7 +223,7 @@ class _Run:
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
                 raise InputError(f"{where}: the checkpoint's {part} does not fit this run's surrogate "
                                  f"{self.model_name} ({_first_line(err)})") from None
-        self.delta.copy_(state["delta"])
+        self.store.restore(state, self.checkpoint_dir, where, cfg.eps)
         try:
             ckpt.restore_rng_state(state["rng"])
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -224,8 +260,17 @@ class _Run:
     def run(self, resume: bool) -> GenerationResult:
         if self.checkpoint_dir is not None:
             self._check_checkpoint_folder()
+        try:
+            return self._run(resume)
+        finally:
+            if self.store.streamed:
+                self.store.close()
+
+    def _run(self, resume: bool) -> GenerationResult:
         if resume:
             self._resume()
+        else:
+            self._start_fresh()
         started = time.perf_counter()
         cfg = self.config
         for epoch in self.progress.epochs(self.start_epoch, cfg.epochs):
@@ -240,15 +285,28 @@ class _Run:
             if self.stopped_early:
                 break
         self.progress.close()
-        self.delta.clamp_(-cfg.eps, cfg.eps)  # the final projection of the algorithm
-        full = self.delta.index_select(0, self.labels) if cfg.mode == "classwise" else self.delta
-        if cfg.mode == "classwise":  # the per-sample perturbation that is actually applied
-            x = self.images.float().div_(255)
-            full = (x + full).clamp_(0, 1) - x
         return GenerationResult(
-            delta=full.cpu(), history=self.history, device=str(self.device), surrogate=self.model_name,
+            delta=self._final_delta(), history=self.history, device=str(self.device), surrogate=self.model_name,
             seconds=self.previous_seconds + time.perf_counter() - started, stopped_early=self.stopped_early,
         )
+
+    def _final_delta(self):
+        """The per-sample perturbation that is actually applied, clamped to the budget (the
+        algorithm's final projection; a streamed sample-wise run's file is clamped when written)."""
+        cfg, delta = self.config, self.store.final_delta()
+        if isinstance(delta, np.ndarray):
+            return delta
+        delta.clamp_(-cfg.eps, cfg.eps)
+        if cfg.mode != "classwise":
+            return delta.cpu()
+        labels = torch.from_numpy(self.dataset.labels)
+        out = self.store.new_rows_file() if self.store.streamed else torch.empty((self.n, *self.sample_shape))
+        for start in range(0, self.n, 4096):
+            stop = min(start + 4096, self.n)
+            x = torch.from_numpy(np.asarray(self.dataset.images[start:stop])).float().div_(255)
+            rows = (x + delta.index_select(0, labels[start:stop].to(delta.device)).cpu()).clamp_(0, 1) - x
+            out[start:stop] = rows.numpy() if isinstance(out, np.ndarray) else rows
+        return out
 
     def _epoch(self, epoch: int) -> dict:
         cfg, dev = self.config, self.device
@@ -265,9 +323,15 @@ class _Run:
             trained = dist.training_samples(self.n, self.dist.world_size)
         self.surrogate.requires_grad_(True)
         bar = self.progress.stage("train", train_order.numel())
-        loss_sum, correct = steps.train_epoch(
-            self.train_forward, self.optimizer, self.images, self.labels, self.delta, classwise, train_order, flips,
-            train_batch, self.amp, cfg.channels_last, bar.train_update, clamp=cfg.train_clamp)
+        loss_sum, correct = None, None
+        for chunk in self.store.chunks(train_order):
+            on_batch = bar.train_update if loss_sum is None else (
+                lambda s, c, k, ls=loss_sum, cs=correct: bar.train_update(s + ls, c + cs, k))
+            chunk_loss, chunk_correct = steps.train_epoch(
+                self.train_forward, self.optimizer, chunk.images, chunk.labels, chunk.delta, classwise, chunk.order,
+                chunk.local(flips), train_batch, self.amp, cfg.channels_last, on_batch, clamp=cfg.train_clamp)
+            loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
+            correct = chunk_correct if correct is None else correct + chunk_correct
         bar.close()
         if self.dist is not None:  # the same statistics, the same surrogate on every rank
             loss_sum, correct = _distributed().sum_across_ranks(loss_sum, correct)
@@ -279,8 +343,11 @@ class _Run:
         self.scheduler.step()
         self.surrogate.requires_grad_(False)  # frozen while the perturbation moves
         if cfg.stop_accuracy is not None:
-            acc = steps.poisoned_accuracy(self.forward, self.images, self.labels, self.delta, classwise,
-                                          cfg.poison_batch_size, self.amp, cfg.channels_last).item()
+            right = sum(round(steps.poisoned_accuracy(self.forward, chunk.images, chunk.labels, chunk.delta, classwise,
+                                                      cfg.poison_batch_size, self.amp, cfg.channels_last).item()
+                              * chunk.order.numel())
+                        for chunk in self.store.chunks(torch.arange(self.n)))
+            acc = right / self.n
             if self.dist is not None:  # rank 0 decides, so no rank stops alone
                 acc = _distributed().broadcast_from_main(self.dist, acc)
             record["poisoned_acc"] = acc
@@ -296,19 +363,31 @@ class _Run:
             poison_batches = dist.perturbation_batches(order, self.dist.world_size, cfg.poison_batch_size)
         bar = self.progress.stage("perturb", poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
-        augment = steps.RandomShiftFlip(_epoch_generator(cfg.seed, epoch, 2)) if cfg.perturb_augment else None
+        augment = RandomShiftFlip(_epoch_generator(cfg.seed, epoch, 2)) if cfg.perturb_augment else None
         perturb_flips = None
         if cfg.perturb_flip:  # drawn for all N samples, so every rank agrees on every sample's flip
             perturb_flips = (torch.rand(self.n, generator=_epoch_generator(cfg.seed, epoch, 3)) < 0.5).to(dev)
-        loss_sum = perturb(self.forward, self.objective, self.images, self.labels, self.delta, poison_order,
-                           cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
-                           bar.perturb_update, augment=augment, flip_mask=perturb_flips)
+        loss_sum, finite = None, None
+        for chunk in self.store.chunks(poison_order):
+            on_batch = bar.perturb_update if loss_sum is None else (
+                lambda s, k, ls=loss_sum: bar.perturb_update(s + ls, k))
+            chunk_loss = perturb(self.forward, self.objective, chunk.images, chunk.labels, chunk.delta, chunk.order,
+                                 cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
+                                 on_batch, augment=augment, flip_mask=chunk.local(perturb_flips))
+            if self.store.streamed:  # checked before the rows leave the device
+                chunk_finite = torch.isfinite(chunk.delta).all()
+                finite = chunk_finite if finite is None else finite & chunk_finite
+            self.store.commit(chunk)
+            loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
+        self.store.end_epoch(perturbed=True)
         bar.close()
         if self.dist is not None:
             loss_sum = self._share_perturbation(order, loss_sum)
         poison_loss = loss_sum.item() / (cfg.steps * poison_batches)  # host sync
         perturb_seconds = time.perf_counter() - perturb_tick
-        if not (torch.isfinite(loss_sum) and torch.isfinite(self.delta).all()):
+        if finite is None:  # resident: after the rows were shared, so that every rank decides alike
+            finite = torch.isfinite(self.store.delta).all()
+        if not (torch.isfinite(loss_sum) and finite):
             self._non_finite(epoch, f"{cfg.objective} perturbation loss")
         record.update(poison_loss=poison_loss, throughput=self.n * cfg.steps / perturb_seconds,
                       seconds=time.perf_counter() - tick)
@@ -320,11 +399,11 @@ class _Run:
         if self.config.mode == "classwise":
             # One shared delta per class cannot be split by sample: every rank ran the whole
             # stage (the same work); rank 0's result is kept so that the ranks cannot drift.
-            dist.broadcast_tensor(self.delta)
+            dist.broadcast_tensor(self.store.delta)
             return dist.broadcast_from_main(self.dist, loss_sum.cpu()).to(loss_sum.device)
         world = self.dist.world_size
         owners = [dist.perturbation_shard(order, rank, world) for rank in range(world)]
-        dist.share_rows(self.delta, owners, self.dist)
+        dist.share_rows(self.store.delta, owners, self.dist)
         return dist.sum_across_ranks(loss_sum)[0]
 
     def _non_finite(self, epoch: int, what: str):

@@ -16,7 +16,6 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from miue_ext import ops
@@ -56,35 +55,6 @@ def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=Non
     rows = delta.index_select(0, y if classwise else index)
     inputs = x + rows
     return (inputs.clamp_(0, 1) if clamp else inputs), y
-
-
-def shift_and_flip(batch_nhwc: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
-    """Translate sample i by shifts[i] = (dy, dx) pixels (|dy|, |dx| <= pad, zero fill), then
-    mirror it horizontally where flips[i]: the victim's crop-after-padding and flip, as one
-    differentiable gather."""
-    n, h, w, _ = batch_nhwc.shape
-    padded = F.pad(batch_nhwc, (0, 0, pad, pad, pad, pad))
-    rows = torch.arange(h, device=batch_nhwc.device) + pad + shifts[:, :1]  # [n, h]
-    columns = torch.arange(w, device=batch_nhwc.device)
-    columns = torch.where(flips[:, None], w - 1 - columns, columns) + pad + shifts[:, 1:]  # [n, w]
-    sample = torch.arange(n, device=batch_nhwc.device)[:, None, None]
-    return padded[sample, rows[:, :, None], columns[:, None, :]]
-
-
-class RandomShiftFlip:
-    """Draws a fresh shift and flip per sample at every call (on the CPU generator given, so a
-    run is reproducible and nothing waits on the device)."""
-
-    def __init__(self, generator: torch.Generator, pad: int = 4):
-        self.generator, self.pad = generator, pad
-
-    def __call__(self, batch_nhwc: torch.Tensor) -> torch.Tensor:
-        n = batch_nhwc.shape[0]
-        shifts = torch.randint(-self.pad, self.pad + 1, (n, 2), generator=self.generator)
-        flips = torch.rand(n, generator=self.generator) < 0.5
-        device = batch_nhwc.device
-        return shift_and_flip(batch_nhwc, shifts.to(device, non_blocking=True), flips.to(device, non_blocking=True),
-                              self.pad)
 
 
 def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, labels, delta,

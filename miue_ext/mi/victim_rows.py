@@ -6,7 +6,6 @@ regenerated from the recorded seed). Any other row is a training set to train a 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,9 +14,11 @@ import torch
 from torch import nn
 
 from miue_ext.datasets import load_dataset
+from miue_ext.datasets.cli_args import load_kwargs
 from miue_ext.errors import InputError
-from miue_ext.evaluate.report import MODEL_FILE, REPORT_FILE, load_report
+from miue_ext.evaluate.evaluation_report import MODEL_FILE, REPORT_FILE, load_report
 from miue_ext.evaluate.training_sets import BASELINES, TrainingSet, data_spec_for, load_data, load_training_set
+from miue_ext.poison_formats import poison_digest, poison_exists
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Row:
     peak_test_acc: float | None = None
 
 
-def _from_report(folder: Path) -> Row:
+def _from_report(folder: Path, args) -> Row:
     from miue_ext.evaluate.victims import build_victim
 
     report = load_report(folder)
@@ -41,12 +42,14 @@ def _from_report(folder: Path) -> Row:
     poison, data_spec = report["poison"], report["data"]["spec"]
     spec = poison["spec"] if poison["kind"] in BASELINES else poison["path"]
     if poison["kind"] == "poison":
-        if not Path(spec).is_file():
+        if not poison_exists(spec):
             raise InputError(f"{folder}: its poison {spec} no longer exists")
-        with open(spec, "rb") as handle:
-            if hashlib.file_digest(handle, "sha256").hexdigest() != poison["sha256"]:
-                raise InputError(f"{folder}: {spec} has changed since the evaluation")
-    train = load_dataset(data_spec, "train")
+        if poison_digest(spec) != poison["sha256"]:
+            raise InputError(f"{folder}: {spec} has changed since the evaluation")
+    train = load_dataset(data_spec, "train", **load_kwargs(args))
+    if list(train.images.shape[1:]) != list(report["data"]["image_shape"]):
+        raise InputError(f"{folder}: its victim was trained on images of {report['data']['image_shape']}, "
+                         f"{data_spec} gives {list(train.images.shape[1:])}; pass the evaluation's --image-size")
     training_set = load_training_set(spec, train, poison["eps_pixels"] / 255, report["train"]["seed"])
 
     def trained() -> nn.Module:
@@ -65,8 +68,8 @@ def load_row(spec: str, args, log: Callable[[str], None]) -> Row:
     if folder.is_dir():
         if not (folder / REPORT_FILE).is_file():
             raise InputError(f"{spec} is a folder without {REPORT_FILE}")
-        return _from_report(folder)
-    if spec not in BASELINES and not folder.is_file():
+        return _from_report(folder, args)
+    if spec not in BASELINES and not poison_exists(spec):
         raise InputError(f"row {spec}: no such report folder or poison file (or use clean | random)")
     from miue_ext.commands.common import VICTIM_EPOCHS, default_epochs, resolve_device
     from miue_ext.evaluate.evaluation import evaluate_poison
@@ -75,7 +78,7 @@ def load_row(spec: str, args, log: Callable[[str], None]) -> Row:
 
     device = resolve_device(args.device)
     data_spec = data_spec_for(spec, args.data)
-    train, test = load_data(data_spec, args.root, test_spec=args.test_data)
+    train, test = load_data(data_spec, args.root, test_spec=args.test_data, **load_kwargs(args))
     model_name = default_victim(device.type) if args.model == "auto" else args.model
     epochs = args.epochs if args.epochs is not None else default_epochs(VICTIM_EPOCHS, device.type)
     config = TrainConfig(epochs=epochs, seed=args.seed)

@@ -1,5 +1,5 @@
 """pgd_update_ (whole tensors) and pgd_update_indexed_ (rows of a pool, as the engine calls it):
-fused, eager, torch.compile, and for pgd_update_ an equal-bytes copy (providers.update_cases)."""
+fused, eager, torch.compile, and for pgd_update_ an equal-bytes copy (cases.update_cases)."""
 from miue_ext import bench
 
 

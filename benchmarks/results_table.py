@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON of this suite into a markdown report and a PNG plot.
 
-    python benchmarks/report.py RESULTS.json [--markdown out.md] [--png out.png]
+    python benchmarks/results_table.py RESULTS.json [--markdown out.md] [--png out.png]
 
 Ratios: "x eager" is eager's median over this provider's (higher = faster than eager), likewise
 "x authors" and "x compiled"; "/ floor" is this provider's median over the floor provider's
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     for more in args.json[1:]:
         records += load(more)[1]
     if not records:
-        print(f"report: no benchmarks of this suite in {', '.join(args.json)}", file=sys.stderr)
+        print(f"results_table: no benchmarks of this suite in {', '.join(args.json)}", file=sys.stderr)
         return 1
     text = markdown(meta, records)
     if args.markdown:
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     else:
         print(text)
     if args.png and not plot_time_vs_batch(records, args.png):
-        print("report: no mi_ue_loss fwd+bwd measurements to plot", file=sys.stderr)
+        print("results_table: no mi_ue_loss fwd+bwd measurements to plot", file=sys.stderr)
     return 0
 
 

@@ -39,11 +39,11 @@ def perturbation_stats(perturbation: np.ndarray) -> dict:
             "l2_max": float(l2.max(initial=0.0)), "changed_fraction": float((perturbation != 0).mean())}
 
 
-def summary_lines(result: GenerationResult, perturbation: np.ndarray, out: str) -> list[str]:
-    stats = perturbation_stats(perturbation)
+def summary_lines(result: GenerationResult, stats: dict, count: int, out: str) -> list[str]:
+    """What a finished run prints; `stats` as perturbation_stats gives them, for `count` images."""
     last = result.history[-1] if result.history else {}
     lines = [
-        f"wrote {out}: {len(perturbation)} poisoned images",
+        f"wrote {out}: {count} poisoned images",
         f"time {result.seconds:.1f} s on {device_name(result.device)}, {len(result.history)} epochs"
         + (" (stop rule reached)" if result.stopped_early else "")
         + f", mean throughput {mean_throughput(result):.0f} images*steps/s",
