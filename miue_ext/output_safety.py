@@ -59,7 +59,7 @@ def data_file_of(spec: str) -> str | None:
 
 # What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
 # a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
-WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", "delta-[ab].npy", ".*.tmp", LOCK_NAME,
+WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", "delta-*.npy", ".*.tmp", LOCK_NAME,
                     OWNER_MARKER)
 
 

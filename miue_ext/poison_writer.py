@@ -21,6 +21,7 @@ from miue_ext.generate.storage import iter_rows
 from miue_ext.poison_file import FORMAT_VERSION, budget_pixels, quantize
 
 ROWS = 4096
+PASSES = 2  # reads of the perturbation per write: the images, then the integer perturbation
 
 
 def _header(shape: tuple[int, ...], dtype: np.dtype) -> dict:
@@ -44,7 +45,7 @@ def save_poison_rows(path: str | os.PathLike, clean: np.ndarray, labels: np.ndar
     meta = {"format_version": FORMAT_VERSION, **meta}
     linf, changed, l2 = 0, 0, np.zeros(n)
     with atomic_write(path) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-        for name in ("images", "perturbation"):
+        for name in ("images", "perturbation"):  # PASSES reads of `delta`
             dtype = np.uint8 if name == "images" else pert_dtype
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, _header(clean.shape, dtype))

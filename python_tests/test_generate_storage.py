@@ -135,15 +135,21 @@ def test_damaged_delta_file_is_refused(tmp_path):
         gen(cfg, checkpoint_dir=tmp_path, resume=True)
 
 
-def test_stream_is_refused_under_torchrun():
+@pytest.mark.parametrize("options, n, message", [
+    ({"mode": "classwise"}, N, "for sample-wise runs"),
+    ({}, 1, "at least one image per process"),
+])
+def test_a_streamed_group_refuses_what_it_cannot_shard(options, n, message):
+    from miue_ext.generate.distributed import DistributedContext
     from miue_ext.generate.engine import _Run
 
     run = _Run.__new__(_Run)  # only what _make_store reads
-    run.config, run.device, run.n, run.log, run.checkpoint_dir = config(storage="stream"), torch.device("cpu"), N, \
-        print, None
-    run.dist = object()  # any context: a torchrun rank
-    with pytest.raises(InputError, match="not available under torchrun"):
-        run._make_store(tiny_patches(N))
+    run.config, run.device, run.n, run.log, run.checkpoint_dir = config(storage="stream", **options), \
+        torch.device("cpu"), n, print, None
+    run.sample_shape = (32, 32, 3)
+    run.dist = DistributedContext(0, 2, 0, torch.device("cpu"))
+    with pytest.raises(InputError, match=message):
+        run._make_store(tiny_patches(n))
 
 
 # --- the poison file, written in rows -------------------------------------------------------------

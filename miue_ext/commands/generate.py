@@ -205,7 +205,10 @@ def _announce(log, args, config, dataset, device, processes: str = "") -> None:
         f"device {device}{processes}")
 
 
-def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = None) -> None:
+def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = None, delta=None,
+                  rows: int | None = None) -> None:
+    """Write and verify the poison file. `delta`: the rows to write if not result.delta (a streamed
+    group's GatheredRows); `rows`: how many the writer reads at a time."""
     from miue_ext.generate.run_summary import poison_meta, summary_lines
     from miue_ext.poison_writer import save_poison_rows, verify_rows
 
@@ -218,7 +221,8 @@ def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = 
         meta["relative_paths"] = list(dataset.relative_paths)
     meta.update(extra_meta or {})
     # In rows: a streamed run's delta is a file, and the data set may be a memory map.
-    stats = save_poison_rows(args.out, dataset.images, dataset.labels, result.delta, config.eps, meta)
+    stats = save_poison_rows(args.out, dataset.images, dataset.labels, result.delta if delta is None else delta,
+                             config.eps, meta, **({} if rows is None else {"rows": rows}))
     verify_rows(args.out, dataset.images, config.eps)  # read back: budget and round trip
     for line in summary_lines(result, stats, len(dataset), args.out):
         log(line)
@@ -317,7 +321,16 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
                               checkpoint_dir=folder, resume=args.resume,
                               progress=args.progress and ctx.is_main, log=log, distributed=ctx)
-            if ctx.is_main:  # the other ranks are done: no collective follows the writing
+            if result.owner is not None:  # each rank holds its own rows: rank 0 gathers them while writing
+                from miue_ext.poison_writer import PASSES, ROWS
+
+                gathered = distributed.GatheredRows(result.delta, len(dataset), ctx)
+                rows = distributed.gather_rows_per_read(ROWS, ctx.world_size)
+                if ctx.is_main:
+                    _write_poison(args, config, dataset, result, log, {"world_size": ctx.world_size}, gathered, rows)
+                else:
+                    gathered.serve(rows, PASSES)
+            elif ctx.is_main:  # the other ranks are done: no collective follows the writing
                 _write_poison(args, config, dataset, result, log, {"world_size": ctx.world_size})
         except BaseException:
             if ctx.is_main:  # still holding the lock: nothing another run owns is touched

@@ -18,6 +18,7 @@ import datetime
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -216,3 +217,47 @@ def share_rows(table: torch.Tensor, owners: list[torch.Tensor], ctx: Distributed
 
 def broadcast_tensor(table: torch.Tensor) -> None:
     dist.broadcast(table, src=0)
+
+
+class GatheredRows:
+    """All N rows of a perturbation whose ranks each hold the rows rank::world_size (a streamed
+    group), read on rank 0 in global order: `rows[start:stop]` is a collective that every rank
+    takes part in, rank 0 through the poison writer, the others through `serve` with the same
+    slices. `start` must be a multiple of the world size. Only here, when the poison is written,
+    does the perturbation cross the network, a slice at a time (float32, as the writer reads it).
+    """
+
+    def __init__(self, local, n: int, ctx: DistributedContext):
+        self.local, self.n, self.ctx = local, n, ctx
+        self.shape = (n, *local.shape[1:])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, part: slice):
+        world = self.ctx.world_size
+        start, stop = part.start or 0, min(part.stop if part.stop is not None else self.n, self.n)
+        if start % world:
+            raise ValueError(f"a slice of gathered rows must start at a multiple of the world size, not {start}")
+        first, last = start // world, -(-stop // world)  # rows k of every rank cover samples k*W .. k*W+W-1
+        send = torch.zeros((last - first, *self.shape[1:]), device=self.ctx.device)
+        mine = torch.from_numpy(np.asarray(self.local[first:last], dtype=np.float32))
+        send[: len(mine)] = mine.to(self.ctx.device)
+        if not self.ctx.is_main:
+            dist.gather(send, dst=0)
+            return None
+        received = [torch.empty_like(send) for _ in range(world)]
+        dist.gather(send, received, dst=0)
+        rows = torch.stack(received, dim=1).reshape(-1, *self.shape[1:])  # [k, rank] -> sample k*W + rank
+        return rows[start - first * world : stop - first * world].cpu()
+
+    def serve(self, rows: int, passes: int) -> None:
+        """On ranks other than 0: take part in `passes` reads of all rows, `rows` at a time."""
+        for _ in range(passes):
+            for start in range(0, self.n, rows):
+                self[start:start + rows]
+
+
+def gather_rows_per_read(rows: int, world_size: int) -> int:
+    """`rows` rounded up to a multiple of the world size (GatheredRows slices start there)."""
+    return -(-rows // world_size) * world_size

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from miue_ext.augment import RandomShiftFlip
 from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError, NonFiniteLossError
 from miue_ext.generate import checkpoint as ckpt
 from miue_ext.generate import steps, storage
 from miue_ext.generate.config import GenerationConfig
+from miue_ext.generate.epoch_plan import epoch_generator, owned_count, plan_epoch
 from miue_ext.generate.objectives import make_objective
 from miue_ext.generate.progress import Progress
 from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES, REGISTRY, FeatureSurrogate, build_model
@@ -41,15 +41,15 @@ class GenerationResult:
     device: str = "cpu"
     surrogate: str = ""
     stopped_early: bool = False
+    # (rank, world size) when this process of a torchrun group owns the samples rank::world size:
+    # `delta` then holds only those rows (distributed.GatheredRows reads them all, on rank 0).
+    owner: tuple[int, int] | None = None
 
 
 def default_model_name(device: torch.device) -> str:
     return DEFAULT_SURROGATE["cuda" if device.type == "cuda" else "cpu"]
 
 
-def _epoch_generator(seed: int, epoch: int, stage: int) -> torch.Generator:
-    # A fresh generator per (epoch, stage) keeps shuffles reproducible across resumes.
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 4 + stage)
 
 
 class _DeterministicMode:
@@ -128,13 +128,14 @@ class _Run:
     # --- data ---------------------------------------------------------------------------------
     def _make_store(self, dataset: ImageDataset):
         cfg, dev = self.config, self.device
-        rows = dataset.num_classes if cfg.mode == "classwise" else self.n
         sample_shape = tuple(dataset.images.shape[1:])
+        self.owned, self.rows, self.row_images = False, self.n, dataset.images
         requested = cfg.storage
         if self.dist is not None:
             if requested == "stream":
-                raise InputError("--storage stream is not available under torchrun yet: every rank holds the data")
-            requested = "resident"
+                return self._owned_store(dataset)
+            requested = "resident"  # auto: a group streams only when told to (each rank owns a shard)
+        rows = dataset.num_classes if cfg.mode == "classwise" else self.n
         kind = storage.choose_storage(requested, self.n, sample_shape, dev)
         if kind == "resident":
             return storage.ResidentStore(dataset.images, dataset.labels, rows, dev)
@@ -144,16 +145,37 @@ class _Run:
         return storage.StreamStore(dataset.images, dataset.labels, rows, dev, rows_per_chunk=chunk,
                                    dtype=cfg.stream_dtype, folder=self.checkpoint_dir)
 
+    def _owned_store(self, dataset: ImageDataset):
+        """Under torchrun with --storage stream: this rank's samples rank::world for the whole run."""
+        cfg, ctx = self.config, self.dist
+        if cfg.mode == "classwise":
+            raise InputError("--storage stream under torchrun is for sample-wise runs: a class-wise perturbation is "
+                             "a few rows that every rank shares; leave --storage at auto")
+        if self.n < ctx.world_size:
+            raise InputError(f"--storage stream under torchrun needs at least one image per process: {self.n} images "
+                             f"for {ctx.world_size} processes")
+        self.owned = True
+        self.rows = owned_count(self.n, ctx.rank, ctx.world_size)
+        self.row_images = dataset.images[ctx.rank::ctx.world_size]  # a view (a memory map stays one)
+        train_batch = max(1, -(-cfg.batch_size // ctx.world_size))
+        chunk = storage.chunk_rows(self.sample_shape, train_batch, cfg.poison_batch_size, cfg.chunk_rows)
+        self.log(f"each of the {ctx.world_size} processes owns its 1/{ctx.world_size} of the samples, streamed in "
+                 f"chunks of {chunk} images (delta stored as {cfg.stream_dtype} in "
+                 f"{self.checkpoint_dir or 'a temporary folder'})")
+        return storage.StreamStore(self.row_images, dataset.labels[ctx.rank::ctx.world_size], self.rows, self.device,
+                                   rows_per_chunk=chunk, dtype=cfg.stream_dtype, folder=self.checkpoint_dir,
+                                   names=storage.rank_file_names(ctx.rank, ctx.world_size))
+
     def _initial_delta(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of --random-start's noise, drawn in row order from one generator (so
         drawing it in chunks gives the very values of one draw)."""
         cfg = self.config
         if start == 0:
-            self.start_noise = _epoch_generator(cfg.seed, 0, 0)
+            self.start_noise = epoch_generator(cfg.seed, 0, 0, self.dist.rank if self.owned else None)
         noise = torch.rand((stop - start, *self.sample_shape), generator=self.start_noise)
         delta = noise.mul_(2).sub_(1).mul_(cfg.eps)
         if cfg.mode == "samplewise":  # keep x + delta a valid image
-            x = torch.from_numpy(np.asarray(self.dataset.images[start:stop])).float().div_(255)
+            x = torch.from_numpy(np.asarray(self.row_images[start:stop])).float().div_(255)
             delta = (x + delta).clamp_(0, 1) - x
         return delta.numpy()
 
@@ -170,6 +192,7 @@ class _Run:
             "epoch": epoch, "model": self.surrogate.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.capture_rng_state(), **self.store.checkpoint_entries(epoch), "history": self.history,
+            **({"delta_total_rows": self.n} if self.owned else {}),
             "config": self.config.to_dict(), "fingerprint": self.fingerprint, "seconds": seconds,
             "surrogate": self.model_name, "feature_layer": self.feature_layer, "stopped_early": self.stopped_early,
         }
@@ -213,7 +236,14 @@ class _Run:
             ignore = (*ignore, "feature_layer")
         ckpt.check_compatible(saved, ours, state["fingerprint"], self.fingerprint,
                               ignore=ignore, added_later=GenerationConfig.ADDED_LATER)
-        ckpt.check_values(state, where, delta_shape=self.delta_shape, eps=cfg.eps, epochs=cfg.epochs,
+        if self.dist is not None and ("delta_file" in state) != self.owned:
+            if self.owned:  # a resident group's checkpoint (all rows, reassembled): keep this rank's own
+                state["delta"] = state["delta"][self.dist.rank::self.dist.world_size]
+            else:
+                raise InputError(f"{where}: written by a streamed torchrun run (each process owns its samples); "
+                                 f"resume it with --storage stream")
+        own_shape = (self.rows, *self.sample_shape) if self.owned else self.delta_shape
+        ckpt.check_values(state, where, delta_shape=own_shape, eps=cfg.eps, epochs=cfg.epochs,
                           mode=cfg.mode)
         for key, part, target in (("model", "surrogate weights", self.surrogate.model),
                                   ("optimizer", "optimizer state", self.optimizer),
@@ -288,6 +318,7 @@ class _Run:
         return GenerationResult(
             delta=self._final_delta(), history=self.history, device=str(self.device), surrogate=self.model_name,
             seconds=self.previous_seconds + time.perf_counter() - started, stopped_early=self.stopped_early,
+            owner=(self.dist.rank, self.dist.world_size) if self.owned else None,
         )
 
     def _final_delta(self):
@@ -309,81 +340,65 @@ class _Run:
         return out
 
     def _epoch(self, epoch: int) -> dict:
-        cfg, dev = self.config, self.device
+        cfg, dist = self.config, self.dist
         classwise = cfg.mode == "classwise"
         alpha, lr = cfg.alpha_at(epoch), self.optimizer.param_groups[0]["lr"]
         tick = time.perf_counter()
-        shuffle = _epoch_generator(cfg.seed, epoch, 1)
-        order = torch.randperm(self.n, generator=shuffle).to(dev)
-        flips = (torch.rand(self.n, generator=shuffle) < 0.5).to(dev) if cfg.flip else None
-        train_order, train_batch, trained = order, cfg.batch_size, self.n
-        if self.dist is not None:  # this rank's slice of every global batch
-            dist = _distributed()
-            train_order, train_batch = dist.training_shard(order, cfg.batch_size, self.dist)
-            trained = dist.training_samples(self.n, self.dist.world_size)
+        plan = plan_epoch(cfg, epoch, self.n, self.device, dist, self.owned)
         self.surrogate.requires_grad_(True)
-        bar = self.progress.stage("train", train_order.numel())
+        bar = self.progress.stage("train", plan.train_order.numel())
         loss_sum, correct = None, None
-        for chunk in self.store.chunks(train_order):
+        for chunk in self.store.chunks(plan.train_order):
             on_batch = bar.train_update if loss_sum is None else (
                 lambda s, c, k, ls=loss_sum, cs=correct: bar.train_update(s + ls, c + cs, k))
             chunk_loss, chunk_correct = steps.train_epoch(
                 self.train_forward, self.optimizer, chunk.images, chunk.labels, chunk.delta, classwise, chunk.order,
-                chunk.local(flips), train_batch, self.amp, cfg.channels_last, on_batch, clamp=cfg.train_clamp)
+                chunk.local(plan.flips), plan.train_batch, self.amp, cfg.channels_last, on_batch,
+                clamp=cfg.train_clamp)
             loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             correct = chunk_correct if correct is None else correct + chunk_correct
         bar.close()
-        if self.dist is not None:  # the same statistics, the same surrogate on every rank
+        if dist is not None:  # the same statistics, the same surrogate on every rank
             loss_sum, correct = _distributed().sum_across_ranks(loss_sum, correct)
             _distributed().broadcast_buffers(self.surrogate)
-        train_loss, train_acc = loss_sum.item() / trained, correct.item() / trained
+        train_loss, train_acc = loss_sum.item() / plan.trained, correct.item() / plan.trained
         if not torch.isfinite(loss_sum):
             self._non_finite(epoch, "surrogate training loss")
         record = {"epoch": epoch, "alpha": alpha, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
         self.scheduler.step()
         self.surrogate.requires_grad_(False)  # frozen while the perturbation moves
         if cfg.stop_accuracy is not None:
-            right = sum(round(steps.poisoned_accuracy(self.forward, chunk.images, chunk.labels, chunk.delta, classwise,
-                                                      cfg.poison_batch_size, self.amp, cfg.channels_last).item()
-                              * chunk.order.numel())
-                        for chunk in self.store.chunks(torch.arange(self.n)))
-            acc = right / self.n
-            if self.dist is not None:  # rank 0 decides, so no rank stops alone
-                acc = _distributed().broadcast_from_main(self.dist, acc)
-            record["poisoned_acc"] = acc
+            record["poisoned_acc"] = acc = self._poisoned_accuracy(classwise)
             if acc > cfg.stop_accuracy:
                 record.update(stopped=True, seconds=time.perf_counter() - tick)
                 return record
         self.surrogate.eval()
         perturb_tick = time.perf_counter()
-        poison_order, poison_batches = order, -(-self.n // cfg.poison_batch_size)
-        if self.dist is not None and not classwise:  # each rank perturbs only its own samples
-            dist = _distributed()
-            poison_order = dist.perturbation_shard(order, self.dist.rank, self.dist.world_size)
-            poison_batches = dist.perturbation_batches(order, self.dist.world_size, cfg.poison_batch_size)
-        bar = self.progress.stage("perturb", poison_order.numel(), cfg.steps)
+        bar = self.progress.stage("perturb", plan.poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
-        augment = RandomShiftFlip(_epoch_generator(cfg.seed, epoch, 2)) if cfg.perturb_augment else None
-        perturb_flips = None
-        if cfg.perturb_flip:  # drawn for all N samples, so every rank agrees on every sample's flip
-            perturb_flips = (torch.rand(self.n, generator=_epoch_generator(cfg.seed, epoch, 3)) < 0.5).to(dev)
         loss_sum, finite = None, None
-        for chunk in self.store.chunks(poison_order):
+        for chunk in self.store.chunks(plan.poison_order):
             on_batch = bar.perturb_update if loss_sum is None else (
                 lambda s, k, ls=loss_sum: bar.perturb_update(s + ls, k))
             chunk_loss = perturb(self.forward, self.objective, chunk.images, chunk.labels, chunk.delta, chunk.order,
                                  cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
-                                 on_batch, augment=augment, flip_mask=chunk.local(perturb_flips))
+                                 on_batch, augment=plan.augment, flip_mask=chunk.local(plan.perturb_flips))
             if self.store.streamed:  # checked before the rows leave the device
                 chunk_finite = torch.isfinite(chunk.delta).all()
                 finite = chunk_finite if finite is None else finite & chunk_finite
             self.store.commit(chunk)
             loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
+        if loss_sum is None:  # an owning rank with no samples cannot occur (n >= world size), but be safe
+            loss_sum = torch.zeros((), device=self.device)
         self.store.end_epoch(perturbed=True)
         bar.close()
-        if self.dist is not None:
-            loss_sum = self._share_perturbation(order, loss_sum)
-        poison_loss = loss_sum.item() / (cfg.steps * poison_batches)  # host sync
+        if self.owned:  # nothing to share: every rank perturbed its own rows; all decide alike
+            bad = (~finite).long() if finite is not None else torch.zeros((), dtype=torch.long, device=self.device)
+            loss_sum, bad = _distributed().sum_across_ranks(loss_sum, bad)
+            finite = bad == 0
+        elif dist is not None:
+            loss_sum = self._share_perturbation(plan.order, loss_sum)
+        poison_loss = loss_sum.item() / (cfg.steps * plan.poison_batches)  # host sync
         perturb_seconds = time.perf_counter() - perturb_tick
         if finite is None:  # resident: after the rows were shared, so that every rank decides alike
             finite = torch.isfinite(self.store.delta).all()
@@ -392,6 +407,19 @@ class _Run:
         record.update(poison_loss=poison_loss, throughput=self.n * cfg.steps / perturb_seconds,
                       seconds=time.perf_counter() - tick)
         return record
+
+    def _poisoned_accuracy(self, classwise: bool) -> float:
+        """EM's stop rule: the surrogate's accuracy on the poisoned training set, the same on every rank."""
+        cfg = self.config
+        right = sum(round(steps.poisoned_accuracy(self.forward, chunk.images, chunk.labels, chunk.delta, classwise,
+                                                  cfg.poison_batch_size, self.amp, cfg.channels_last).item()
+                          * chunk.order.numel())
+                    for chunk in self.store.chunks(torch.arange(self.rows)))
+        if self.owned:  # each rank counted its own samples
+            return _distributed().sum_across_ranks(torch.tensor(right))[0].item() / self.n
+        if self.dist is not None:  # rank 0 decides, so no rank stops alone
+            return _distributed().broadcast_from_main(self.dist, right / self.n)
+        return right / self.n
 
     def _share_perturbation(self, order: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
         """After the perturbation stage: every rank gets everyone's delta rows; the summed loss."""

@@ -56,9 +56,13 @@ def save(directory: str | Path, state: dict, ctx: DistributedContext) -> None:
     directory = Path(directory)
     epoch, world = state["epoch"], ctx.world_size
     delta = state["delta"]
-    shard = {key: value for key, value in state.items() if key != "delta"}
-    shard.update(rank=ctx.rank, world_size=world, delta_rows=delta.index_select(0, owned_rows(len(delta), ctx.rank, world)),
-                 delta_total_rows=len(delta))
+    shard = {key: value for key, value in state.items() if key not in ("delta", "delta_total_rows")}
+    if "delta_file" in state:  # a streamed group: the rank's rows are its delta file (storage.py)
+        shard.update(rank=ctx.rank, world_size=world, delta_rows=delta, delta_total_rows=state["delta_total_rows"])
+    else:
+        shard.update(rank=ctx.rank, world_size=world,
+                     delta_rows=delta.index_select(0, owned_rows(len(delta), ctx.rank, world)),
+                     delta_total_rows=len(delta))
     problem = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -127,6 +131,13 @@ def _read_shard(path: Path, manifest: dict, ctx: DistributedContext, delta_shape
                          f"{delta_shape[0]}")
     owned = len(owned_rows(max(total, 0), ctx.rank, ctx.world_size))
     row_shape = tuple(delta_shape[1:]) if delta_shape is not None else tuple(rows.shape[1:])
+    if "delta_file" in state:  # a streamed group's shard: its rows are a file, checked when opened
+        entry = state["delta_file"]
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if total < 0 or shape != [owned, *row_shape]:
+            raise InputError(f"{path}: its delta file has shape {shape}, expected {[owned, *row_shape]} "
+                             f"(rows {ctx.rank}::{ctx.world_size} of {total})")
+        return state
     if total < 0 or tuple(rows.shape) != (owned, *row_shape):
         raise InputError(f"{path}: holds delta rows of shape {list(rows.shape)}, expected {[owned, *row_shape]} "
                          f"(rows {ctx.rank}::{ctx.world_size} of {total})")
@@ -156,10 +167,16 @@ def load(directory: str | Path, ctx: DistributedContext, delta_shape: tuple | No
     except InputError as err:
         problem = str(err)
     # Without a given shape, the ranks' rows must still agree in shape and dtype to be exchanged.
-    signature = None if state is None else {"delta row shape": list(state["delta_rows"].shape[1:]),
-                                            "delta dtype": str(state["delta_rows"].dtype),
-                                            "delta rows": state["delta_total_rows"]}
+    streamed = state is not None and "delta_file" in state
+    signature = None if state is None else {"delta rows": state["delta_total_rows"], "streamed": streamed}
+    if state is not None and not streamed:
+        signature.update({"delta row shape": list(state["delta_rows"].shape[1:]),
+                          "delta dtype": str(state["delta_rows"].dtype)})
     distributed.agree(ctx, problem, signature)
+    if streamed:  # each rank keeps its own rows (its file): nothing is exchanged
+        state["delta"] = state.pop("delta_rows")
+        state.pop("delta_total_rows")
+        return state
     rows = state.pop("delta_rows")
     delta = torch.zeros((state.pop("delta_total_rows"), *rows.shape[1:]), dtype=rows.dtype, device=ctx.device)
     owners = [owned_rows(len(delta), r, ctx.world_size, ctx.device) for r in range(ctx.world_size)]

@@ -35,6 +35,11 @@ from miue_ext.errors import InputError
 from miue_ext.generate.config import STORAGES, STREAM_DTYPES
 
 DELTA_FILES = ("delta-a.npy", "delta-b.npy")  # in the checkpoint folder (output_safety knows them)
+
+
+def rank_file_names(rank: int, world_size: int) -> tuple[str, str]:
+    """The delta files of rank `rank` in a torchrun group, which holds the rows rank::world_size."""
+    return tuple(f"delta-rank{rank}-of{world_size}-{side}.npy" for side in "ab")
 CHUNK_BYTES = 64 << 20  # the float32 delta of one chunk on the device, by default
 RESIDENT_SHARE = 0.5  # stream when images + delta would take more than this share of free memory
 _HASH_ROWS_BYTES = 16 << 20
@@ -125,7 +130,7 @@ class StreamStore:
     streamed = True
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, delta_rows: int, device: torch.device, *,
-                 rows_per_chunk: int, dtype: str, folder: Path | None):
+                 rows_per_chunk: int, dtype: str, folder: Path | None, names: tuple[str, str] = DELTA_FILES):
         if dtype not in STREAM_DTYPES:
             raise InputError(f"--stream-dtype must be one of {', '.join(STREAM_DTYPES)}, not {dtype!r}")
         self.images_host, self.device, self.rows = images, device, rows_per_chunk
@@ -139,13 +144,13 @@ class StreamStore:
         if folder is None:  # a private scratch folder; the files vanish when the run ends
             self.scratch = tempfile.TemporaryDirectory(prefix="miue-delta-")
             folder = Path(self.scratch.name)
-        self.folder, self.dtype = Path(folder), np.dtype(dtype)
+        self.folder, self.dtype, self.names = Path(folder), np.dtype(dtype), tuple(names)
         self.files: list[np.ndarray | None] = [None, None]
         self.delta = torch.zeros((delta_rows, *self.sample_shape), device=device) if self.classwise else None
 
     def _new_file(self, index: int) -> np.ndarray:
         """A fresh all-zero delta file (created sparse: nothing is written until rows are)."""
-        path = self.folder / DELTA_FILES[index]
+        path = self.folder / self.names[index]
         path.unlink(missing_ok=True)  # never write through into a file another name links to
         self.files[index] = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype,
                                                       shape=(len(self.images_host), *self.sample_shape))
@@ -218,7 +223,7 @@ class StreamStore:
         _fsync(array.filename)
         self.checkpointed = self.source
         return {"delta": torch.empty(0), "delta_file": {
-            "name": DELTA_FILES[self.source], "sha256": _sha256_rows(array), "shape": list(array.shape),
+            "name": self.names[self.source], "sha256": _sha256_rows(array), "shape": list(array.shape),
             "dtype": str(array.dtype)}}
 
     def restore(self, state: dict, folder: Path | None, where, eps: float) -> None:
@@ -230,8 +235,8 @@ class StreamStore:
             self._new_file(0)[:] = state["delta"].numpy().astype(self.dtype)
             self.source, self.checkpointed = 0, None
             return
-        saved = _open_checked(state["delta_file"], folder, where, eps, self.rows)
-        index = DELTA_FILES.index(state["delta_file"]["name"])
+        saved = _open_checked(state["delta_file"], folder, where, eps, self.rows, self.names)
+        index = self.names.index(state["delta_file"]["name"])
         if saved.dtype != self.dtype:  # saved with another --stream-dtype: convert into a file of ours
             other = self._new_file(1 - index)
             for start in range(0, len(saved), self.rows):
@@ -271,13 +276,14 @@ def _sha256_rows(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _open_checked(entry, folder: Path | None, where, eps: float, rows: int) -> np.ndarray:
+def _open_checked(entry, folder: Path | None, where, eps: float, rows: int,
+                  names: tuple[str, ...] = DELTA_FILES) -> np.ndarray:
     """The delta file a checkpoint names, memory-mapped read/write after its checks pass."""
     if not isinstance(entry, dict) or not {"name", "sha256", "shape", "dtype"} <= set(entry):
         raise InputError(f"{where}: checkpoint entry 'delta_file' must name the file, its SHA-256, shape and dtype")
-    if entry["name"] not in DELTA_FILES or folder is None:
+    if entry["name"] not in names or folder is None:
         raise InputError(f"{where}: checkpoint entry 'delta_file' names {entry['name']!r}, expected one of "
-                         f"{', '.join(DELTA_FILES)} in the checkpoint folder")
+                         f"{', '.join(names)} in the checkpoint folder")
     path = Path(folder) / entry["name"]
     try:
         array = np.load(path, mmap_mode="r+", allow_pickle=False)

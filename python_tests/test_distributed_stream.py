@@ -1,0 +1,95 @@
+"""A streamed torchrun group: each rank owns the samples rank::2 for the whole run (2 CPU
+processes, gloo). Its delta files hold only its rows; the poison is gathered once, when rank 0
+writes it, and a run killed mid-way resumes bit-identically."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from miue_ext.datasets import load_dataset
+from miue_ext.generate import distributed
+from miue_ext.generate.distributed import DistributedContext
+from miue_ext.generate.epoch_plan import owned_count, plan_epoch
+from miue_ext.generate import GenerationConfig
+from miue_ext.poison_file import load_poison, quantize
+
+from test_distributed import SAMPLES, TINY, launch_group, torchrun, worker
+
+# One chunk per epoch on each rank (128 own samples), so that the crash3 worker, which counts
+# training-stage calls, stops in epoch 3 as it does for a resident group.
+STREAM = [*TINY, "--storage", "stream", "--stream-dtype", "float32", "--chunk-size", "128"]
+
+
+@pytest.fixture(scope="module")
+def streamed_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("streamed_group")
+    done = torchrun([*STREAM, "--out", "poison.npz", "--checkpoint-dir", "ckpt"], cwd=folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, done
+
+
+@pytest.mark.slow
+def test_each_rank_holds_its_half_and_rank_0_writes_all_rows_in_order(streamed_run):
+    folder, done = streamed_run
+    assert "each of the 2 processes owns its 1/2 of the samples" in done.stdout
+    assert done.stdout.count("wrote poison.npz") == 1
+    clean = load_dataset("patches").images[:SAMPLES]
+    poison = load_poison(folder / "poison.npz", clean_images=clean)
+    ckpt = folder / "ckpt"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    for rank in range(2):
+        shard = torch.load(ckpt / manifest["files"][rank], weights_only=True)
+        entry = shard["delta_file"]
+        assert entry["name"].startswith(f"delta-rank{rank}-of2-") and entry["shape"][0] == SAMPLES // 2
+        rows = np.load(ckpt / entry["name"])
+        assert rows.shape == (SAMPLES // 2, 32, 32, 3)  # this rank's half only
+        # the poison's rows rank::2 are exactly this rank's file: the gather interleaved them right
+        _, expected = quantize(clean[rank::2], rows, 8 / 255)
+        assert np.array_equal(poison.perturbation[rank::2], expected)
+    assert poison.meta["world_size"] == 2 and poison.meta["epochs_run"] == 3
+
+
+@pytest.mark.slow
+def test_streamed_group_resumes_bit_identically(tmp_path, streamed_run):
+    args = [*STREAM, "--checkpoint-dir", "ckpt"]
+    results, _ = launch_group([worker("crash3", tmp_path, [*args, "--out", "resumed.npz"])] * 2, cwd=tmp_path)
+    assert [code for code, _ in results] == [17, 17], results
+    assert json.loads((tmp_path / "ckpt" / "manifest.json").read_text())["epoch"] == 2
+    resumed = torchrun([*args, "--out", "resumed.npz", "--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_poison(tmp_path / "resumed.npz"), load_poison(streamed_run[0] / "poison.npz")
+    assert np.array_equal(a.images, b.images)
+
+
+@pytest.mark.slow
+def test_a_streamed_checkpoint_is_not_resumed_resident(tmp_path, streamed_run):
+    import shutil
+
+    shutil.copytree(streamed_run[0] / "ckpt", tmp_path / "ckpt")
+    done = torchrun([*TINY, "--out", "p.npz", "--checkpoint-dir", "ckpt", "--resume"], cwd=tmp_path)
+    assert done.returncode != 0 and "resume it with --storage stream" in done.stderr, done.stderr[-2000:]
+
+
+# --- the plan alone: no processes --------------------------------------------------------------
+@pytest.mark.parametrize("n, world", [(256, 2), (257, 2), (10, 3), (5, 4)])
+def test_owning_ranks_run_the_same_number_of_training_batches(n, world):
+    config = GenerationConfig(epochs=1, batch_size=8, poison_batch_size=4)
+    plans = [plan_epoch(config, 1, n, torch.device("cpu"), DistributedContext(r, world, r, torch.device("cpu")),
+                        owned=True) for r in range(world)]
+    lengths = {len(plan.train_order) for plan in plans}
+    assert len(lengths) == 1 and lengths.pop() % plans[0].train_batch == 0  # DDP: equal batch counts
+    for rank, plan in enumerate(plans):
+        own = owned_count(n, rank, world)
+        assert sorted(plan.poison_order.tolist()) == list(range(own))  # every own row perturbed once
+        assert set(plan.train_order.tolist()) == set(range(own))  # trained on, some repeated to fill
+    assert sum(owned_count(n, r, world) for r in range(world)) == n
+    assert plans[0].poison_batches == sum(-(-owned_count(n, r, world) // 4) for r in range(world))
+
+
+def test_gathered_rows_refuse_a_misaligned_slice():
+    ctx = DistributedContext(0, 2, 0, torch.device("cpu"))
+    rows = distributed.GatheredRows(np.zeros((3, 2, 2, 1), np.float16), 6, ctx)
+    assert len(rows) == 6 and rows.shape == (6, 2, 2, 1)
+    with pytest.raises(ValueError, match="multiple of the world size"):
+        rows[1:3]
