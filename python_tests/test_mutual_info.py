@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from miue_ext.mi import histogram_mi, ksg_mi, mine_mi, sliced_mi
-from miue_ext.mi.geometry import class_covariance_logdet, intra_class_cosine
-from miue_ext.mi.sliced import random_directions
+from miue_ext.mutual_info import histogram_mi, ksg_mi, mine_mi, sliced_mi
+from miue_ext.mutual_info.geometry import class_covariance_logdet, intra_class_cosine
+from miue_ext.mutual_info.sliced import random_directions
 
 from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
 from evaluation_helpers import run_command, write_poison, write_tiny_data

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from miue_ext.commands.common import logger
 from miue_ext.datasets.cli_args import add_image_arguments
-from miue_ext.mi.sliced import ESTIMATORS
+from miue_ext.mutual_info.sliced import ESTIMATORS
 from miue_ext.poison_formats import SPEC_HELP
 
 
@@ -60,8 +60,8 @@ def _estimators(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from miue_ext.atomic import atomic_write, check_writable
     from miue_ext.errors import InputError, writing
-    from miue_ext.mi.analysis import analyse
-    from miue_ext.mi.victim_rows import load_row
+    from miue_ext.mutual_info.analysis import analyse
+    from miue_ext.mutual_info.victim_rows import load_row
 
     estimators = _estimators(args.estimators)
     if args.projections < 2 or args.samples < 50:

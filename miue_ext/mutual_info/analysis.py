@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from miue_ext.mi.geometry import class_covariance_logdet, intra_class_cosine
-from miue_ext.mi.sliced import sliced_mi
+from miue_ext.mutual_info.geometry import class_covariance_logdet, intra_class_cosine
+from miue_ext.mutual_info.sliced import sliced_mi
 
 
 @torch.no_grad()

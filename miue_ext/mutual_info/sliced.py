@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from miue_ext.mi.histogram import histogram_mi
-from miue_ext.mi.ksg import ksg_mi
-from miue_ext.mi.mine import mine_mi_batched
+from miue_ext.mutual_info.histogram import histogram_mi
+from miue_ext.mutual_info.ksg import ksg_mi
+from miue_ext.mutual_info.mine import mine_mi_batched
 
 ESTIMATORS = ("histogram", "ksg", "mine")
 
