@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-quick build bench bench-quick cmake-check clean
+.PHONY: demo test test-quick build bench bench-quick cmake-check format format-check clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,21 @@ bench-quick: build
 # The CMake build of the same sources (C++ users, IDEs); CI builds it once so it does not rot.
 cmake-check: $(VENV)/.deps
 	PY=$(PY) .ci/cmake_check.sh
+
+# One style: ruff (Python, [tool.ruff] in pyproject.toml) and clang-format (.clang-format for csrc/).
+$(VENV)/.lint: $(VENV)/.deps
+	$(PIP) install --quiet 'ruff>=0.17,<0.18' 'clang-format>=23,<24'  # the pins of pyproject's `lint` extra
+	touch $@
+
+CXX_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+format: $(VENV)/.lint
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
+
+format-check: $(VENV)/.lint
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 clean:
 	rm -rf build miue_ext/_C*.so *.egg-info

@@ -71,12 +71,8 @@ at::Tensor intra_class_cosine_backward(const at::Tensor& grad, const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(miue, CPU, m) {
-  m.impl("intra_class_cosine_forward", intra_class_cosine_forward);
-  m.impl("intra_class_cosine_backward", intra_class_cosine_backward);
-}
-
-TORCH_LIBRARY_IMPL(miue, CUDA, m) {
+// ATen ops only, so one registration serves every device.
+TORCH_LIBRARY_IMPL(miue, CompositeExplicitAutograd, m) {
   m.impl("intra_class_cosine_forward", intra_class_cosine_forward);
   m.impl("intra_class_cosine_backward", intra_class_cosine_backward);
 }

@@ -5,11 +5,62 @@
 // Tiled (B above the tile threshold) each row block recomputes its Gram rows in the backward.
 #include "mi_ue_loss.h"
 
+#include <array>
+#include <torch/library.h>
+
 #include "common/checks.h"
 #include "common/full_precision.h"
 #include "common/pair_math.h"
 
 namespace miue {
+
+namespace {
+
+// Function-local, so that it exists before the static registrations of other files run.
+std::array<const LossKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)>& kernel_table() {
+  static std::array<const LossKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)> table{};
+  return table;
+}
+
+const LossKernels& kernels_for(const at::Tensor& features) {
+  const LossKernels* kernels = kernel_table()[static_cast<size_t>(features.device().type())];
+  TORCH_CHECK(kernels != nullptr, "miue::mi_ue_loss: no kernels for features on ", features.device(),
+              " (this build of miue_ext has ", kernel_table()[static_cast<size_t>(c10::DeviceType::CUDA)]
+                  ? "CPU and CUDA" : "CPU only", " kernels)");
+  return *kernels;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_forward_op(const at::Tensor& features, const at::Tensor& labels,
+                                                               double temperature, double sim_weight,
+                                                               double dist_weight, int64_t tile_rows) {
+  return mi_ue_loss_forward(kernels_for(features), features, labels, temperature, sim_weight, dist_weight, tile_rows);
+}
+
+at::Tensor loss_backward_op(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
+                            const at::Tensor& row_stats, const at::Tensor& gram, double temperature,
+                            double sim_weight, double dist_weight, int64_t tile_rows) {
+  return mi_ue_loss_backward(kernels_for(features), grad, features, labels, row_stats, gram, temperature,
+                             sim_weight, dist_weight, tile_rows);
+}
+
+}  // namespace
+
+bool register_loss_kernels(c10::DeviceType device, const LossKernels* kernels) {
+  kernel_table()[static_cast<size_t>(device)] = kernels;
+  return true;
+}
+
+// One driver for every device (the kernel table differs); CUDA's key only where its kernels exist
+// is not needed: kernels_for() names the missing device.
+TORCH_LIBRARY_IMPL(miue, CPU, m) {
+  m.impl("mi_ue_loss_forward", loss_forward_op);
+  m.impl("mi_ue_loss_backward", loss_backward_op);
+}
+
+TORCH_LIBRARY_IMPL(miue, CUDA, m) {
+  m.impl("mi_ue_loss_forward", loss_forward_op);
+  m.impl("mi_ue_loss_backward", loss_backward_op);
+}
 
 int64_t rows_per_tile(int64_t batch, int64_t tile_rows) {
   if (tile_rows > 0) return std::min(batch, tile_rows);

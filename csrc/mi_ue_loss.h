@@ -25,6 +25,11 @@ struct LossKernels {
                         at::Tensor& coeff, at::Tensor& direct);
 };
 
+// Each device's file (cpu/mi_ue_loss_cpu.cpp, cuda/mi_ue_loss_cuda.cu) registers its row kernels
+// here at load time; the one registration of the ops (mi_ue_loss.cpp) picks them by the device
+// of `features`, so a build without CUDA says so instead of reading device memory on the host.
+bool register_loss_kernels(c10::DeviceType device, const LossKernels* kernels);
+
 // Returns (loss, row_stats [B, 4], gram [B, B] or empty when tiled).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
     const LossKernels& kernels, const at::Tensor& features, const at::Tensor& labels,

@@ -259,22 +259,7 @@ void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, cons
 
 }  // namespace
 
-const LossKernels& cpu_loss_kernels() {
-  static const LossKernels kernels{normalize_rows_cpu, rows_forward_cpu, rows_backward_cpu};
-  return kernels;
-}
-
-TORCH_LIBRARY_IMPL(miue, CPU, m) {
-  m.impl("mi_ue_loss_forward", [](const at::Tensor& features, const at::Tensor& labels, double temperature,
-                                  double sim_weight, double dist_weight, int64_t tile_rows) {
-    return mi_ue_loss_forward(cpu_loss_kernels(), features, labels, temperature, sim_weight, dist_weight, tile_rows);
-  });
-  m.impl("mi_ue_loss_backward", [](const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
-                                   const at::Tensor& row_stats, const at::Tensor& gram, double temperature,
-                                   double sim_weight, double dist_weight, int64_t tile_rows) {
-    return mi_ue_loss_backward(cpu_loss_kernels(), grad, features, labels, row_stats, gram, temperature,
-                               sim_weight, dist_weight, tile_rows);
-  });
-}
+const LossKernels kCpuLossKernels{normalize_rows_cpu, rows_forward_cpu, rows_backward_cpu};
+const bool kCpuLossKernelsRegistered = register_loss_kernels(c10::DeviceType::CPU, &kCpuLossKernels);
 
 }  // namespace miue

@@ -175,24 +175,9 @@ void rows_backward_cuda(const at::Tensor& features, const at::Tensor& norms, con
   });
 }
 
-const LossKernels& cuda_loss_kernels() {
-  static const LossKernels kernels{normalize_rows_cuda, rows_forward_cuda, rows_backward_cuda};
-  return kernels;
-}
+const LossKernels kCudaLossKernels{normalize_rows_cuda, rows_forward_cuda, rows_backward_cuda};
+const bool kCudaLossKernelsRegistered = register_loss_kernels(c10::DeviceType::CUDA, &kCudaLossKernels);
 
 }  // namespace
-
-TORCH_LIBRARY_IMPL(miue, CUDA, m) {
-  m.impl("mi_ue_loss_forward", [](const at::Tensor& features, const at::Tensor& labels, double temperature,
-                                  double sim_weight, double dist_weight, int64_t tile_rows) {
-    return mi_ue_loss_forward(cuda_loss_kernels(), features, labels, temperature, sim_weight, dist_weight, tile_rows);
-  });
-  m.impl("mi_ue_loss_backward", [](const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
-                                   const at::Tensor& row_stats, const at::Tensor& gram, double temperature,
-                                   double sim_weight, double dist_weight, int64_t tile_rows) {
-    return mi_ue_loss_backward(cuda_loss_kernels(), grad, features, labels, row_stats, gram, temperature,
-                               sim_weight, dist_weight, tile_rows);
-  });
-}
 
 }  // namespace miue
