@@ -3,6 +3,7 @@
 Environment: USE_CUDA=auto|1|0 (auto: whenever nvcc and a CUDA build of torch are present,
 GPU or not), TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), MAX_JOBS, DEBUG=1.
 """
+
 import os
 import re
 import shutil

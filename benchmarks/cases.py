@@ -14,6 +14,7 @@ Grids (pytest --bench-grid or MIUE_BENCH_GRID):
   full     the issue's whole grid: B in {128, 512, 2048, 8192} x D in {128, 512, 2048} x
            C in {10, 100}, every provider wherever it fits (hours on a CPU)
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,7 +29,7 @@ TARGET_SIZE = (512, 512, 10)  # the issue's targets: B=512 D=512 C=10
 MEMORY_SIZE = (8192, 2048, 10)  # the issue's memory target
 # On a CPU the authors' structure takes about 10 s per forward+backward at B=D=512 (2 cores);
 # the default grid runs it only up to that much work.
-AUTHORS_CPU_DEFAULT_MAX_WORK = 512 ** 3
+AUTHORS_CPU_DEFAULT_MAX_WORK = 512**3
 
 
 @dataclass(frozen=True)
@@ -225,10 +226,20 @@ def generation_step_runner(provider: str, batch: int, device: torch.device) -> b
 
         def engine_step():
             steps.perturb_samplewise(
-                surrogate=surrogate, objective=objective, images=images, labels=labels, delta=delta,
-                order=order, batch_size=batch, steps=1, alpha=bench.ALPHA, eps=bench.EPS,
-                amp=lambda: steps.autocast_context(device, True), channels_last=True,
-                on_batch=lambda *args: None)
+                surrogate=surrogate,
+                objective=objective,
+                images=images,
+                labels=labels,
+                delta=delta,
+                order=order,
+                batch_size=batch,
+                steps=1,
+                alpha=bench.ALPHA,
+                eps=bench.EPS,
+                amp=lambda: steps.autocast_context(device, True),
+                channels_last=True,
+                on_batch=lambda *args: None,
+            )
 
         return bench.Runner(engine_step)
 
@@ -250,8 +261,12 @@ def priority(test_name: str, case) -> int:
     """Run order: the ceilings, then what the issue's targets need, then the rest."""
     if test_name in ("test_copy_bandwidth", "test_matmul_rate"):
         return 0
-    if (isinstance(case, LossCase) and case.op == "mi_ue_loss" and (case.batch, case.dim, case.classes) == TARGET_SIZE
-            and case.features == "randn"):
+    if (
+        isinstance(case, LossCase)
+        and case.op == "mi_ue_loss"
+        and (case.batch, case.dim, case.classes) == TARGET_SIZE
+        and case.features == "randn"
+    ):
         return 1
     if isinstance(case, StepCase) or (isinstance(case, UpdateCase) and case.elements == 1 << 26):
         return 2

@@ -7,6 +7,7 @@ Options (each also an environment variable, for make/CI):
   --bench-threads N                 MIUE_BENCH_THREADS (torch.set_num_threads; 0 = torch's choice)
   --bench-budget SECONDS            MIUE_BENCH_BUDGET  (timing per case; default by grid/device)
 """
+
 from __future__ import annotations
 
 import os
@@ -32,12 +33,20 @@ class Settings:
 
 def pytest_addoption(parser):
     group = parser.getgroup("miue-bench", "MI-UE benchmark suite")
-    group.addoption("--bench-grid", choices=("quick", "targets", "default", "full"),
-                    default=os.environ.get("MIUE_BENCH_GRID", "default"), help="size grid (cases.py)")
+    group.addoption(
+        "--bench-grid",
+        choices=("quick", "targets", "default", "full"),
+        default=os.environ.get("MIUE_BENCH_GRID", "default"),
+        help="size grid (cases.py)",
+    )
     group.addoption("--bench-device", choices=("cpu", "cuda"), default=os.environ.get("MIUE_BENCH_DEVICE", "cpu"))
     group.addoption("--bench-threads", type=int, default=int(os.environ.get("MIUE_BENCH_THREADS", "0")))
-    group.addoption("--bench-budget", type=float, default=float(os.environ.get("MIUE_BENCH_BUDGET", "0")),
-                    help="seconds of timed rounds per case (0: 0.05 quick, 0.25 CUDA, 1.0 CPU)")
+    group.addoption(
+        "--bench-budget",
+        type=float,
+        default=float(os.environ.get("MIUE_BENCH_BUDGET", "0")),
+        help="seconds of timed rounds per case (0: 0.05 quick, 0.25 CUDA, 1.0 CPU)",
+    )
 
 
 def pytest_configure(config):
@@ -54,15 +63,19 @@ def _settings(config) -> Settings:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise pytest.UsageError("--bench-device cuda, but torch sees no CUDA device")
         budget = config.getoption("--bench-budget") or (
-            0.05 if grid == "quick" else 0.25 if device.type == "cuda" else 1.0)
+            0.05 if grid == "quick" else 0.25 if device.type == "cuda" else 1.0
+        )
         config._miue_bench_settings = Settings(grid, device, budget)
     return config._miue_bench_settings
 
 
 def pytest_generate_tests(metafunc):
     settings = _settings(metafunc.config)
-    for name, make_cases in (("loss_case", cases.loss_cases), ("update_case", cases.update_cases),
-                             ("step_case", cases.step_cases)):
+    for name, make_cases in (
+        ("loss_case", cases.loss_cases),
+        ("update_case", cases.update_cases),
+        ("step_case", cases.step_cases),
+    ):
         if name in metafunc.fixturenames:
             chosen = make_cases(settings.grid, settings.device)
             metafunc.parametrize(name, chosen, ids=[case.id for case in chosen])
@@ -90,13 +103,17 @@ def bench_settings(request) -> Settings:
 
 def _commit() -> str:
     """Short hash of HEAD, with "+dirty" when the kernels or the package have uncommitted changes."""
+
     def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD") or "unknown"
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "csrc", "miue_ext") else "")
+        return commit + (
+            "+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "csrc", "miue_ext") else ""
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -117,17 +134,24 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     settings = _settings(config)
     device = settings.device
     output_json["miue"] = {
-        "grid": settings.grid, "device": device.type, "commit": _commit(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(), "load_average_at_start": config._miue_load_at_start,
+        "grid": settings.grid,
+        "device": device.type,
+        "commit": _commit(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": config._miue_load_at_start,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "load_average_at_end": os.getloadavg(),
         "device_name": device_name(device, hardware_only=True),
-        "memory_measured_with": ("torch.cuda.max_memory_allocated minus memory_allocated before the call"
-                                 if device.type == "cuda" else
-                                 "torch CPU allocator events (torch.profiler profile_memory=True): running "
-                                 "sum of allocations minus frees during the call, peak; BLAS/OpenMP "
-                                 "internal buffers not seen"),
+        "memory_measured_with": (
+            "torch.cuda.max_memory_allocated minus memory_allocated before the call"
+            if device.type == "cuda"
+            else "torch CPU allocator events (torch.profiler profile_memory=True): running "
+            "sum of allocations minus frees during the call, peak; BLAS/OpenMP "
+            "internal buffers not seen"
+        ),
     }
 
 
@@ -150,11 +174,13 @@ def measure(benchmark, bench_settings):
             bench.seconds_per_call(runner, device)
         estimate = bench.estimate_seconds(runner, device)
         peak = bench.peak_extra_bytes(runner, device)
-        rounds, calls = bench.plan_rounds(estimate, bench_settings.budget_s, device, runner.setup is not None,
-                                          min_rounds=min_rounds)
+        rounds, calls = bench.plan_rounds(
+            estimate, bench_settings.budget_s, device, runner.setup is not None, min_rounds=min_rounds
+        )
         benchmark.extra_info.update(extra_info)
-        benchmark.extra_info.update(device=device.type, peak_extra_bytes=peak, calls_per_round=calls,
-                                    threads=torch.get_num_threads())
+        benchmark.extra_info.update(
+            device=device.type, peak_extra_bytes=peak, calls_per_round=calls, threads=torch.get_num_threads()
+        )
         if runner.setup is not None:
             benchmark.pedantic(runner.run, setup=runner.setup, rounds=rounds, iterations=1)
         else:

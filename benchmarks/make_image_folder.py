@@ -12,6 +12,7 @@ class folders stay distinct). Image i belongs to class i % C and is a random cro
 Everything is drawn from --seed, so the same arguments write the same files (byte for byte
 with the same Pillow). OUT_DIR must not exist or be empty.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def _variant(photo: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(turned[:, ::-1] if k >= 4 else turned)
 
 
-def make_folder(out: Path, images: int, classes: int, min_size: int, max_size: int, seed: int,
-                progress: bool = True) -> list[Path]:
+def make_folder(
+    out: Path, images: int, classes: int, min_size: int, max_size: int, seed: int, progress: bool = True
+) -> list[Path]:
     from PIL import Image
 
     from miue_ext.datasets import patches
@@ -70,8 +72,9 @@ def make_folder(out: Path, images: int, classes: int, min_size: int, max_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", metavar="OUT_DIR", help="folder to create (must not exist, or be empty)")
     parser.add_argument("--images", type=int, default=3000, help="number of images (default 3000)")
     parser.add_argument("--classes", type=int, default=10, help="number of class folders (default 10)")
@@ -90,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     files = make_folder(out, args.images, args.classes, args.min_size, args.max_size, args.seed, not args.quiet)
     total = sum(f.stat().st_size for f in files)
-    print(f"wrote {len(files)} images in {args.classes} classes to {out} ({total / 2**20:.1f} MiB) in "
-          f"{time.monotonic() - start:.1f} s")
+    print(
+        f"wrote {len(files)} images in {args.classes} classes to {out} ({total / 2**20:.1f} MiB) in "
+        f"{time.monotonic() - start:.1f} s"
+    )
     return 0
 
 

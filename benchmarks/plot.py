@@ -1,5 +1,6 @@
 """A small log-log line plot written with Pillow (a dependency already), so the report needs
 no matplotlib."""
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ def _decades(low, high):
 
 
 def _tick_label(exponent):
-    value = 10.0 ** exponent
+    value = 10.0**exponent
     return f"{value:g}" if -3 <= exponent <= 5 else f"1e{exponent}"
 
 
@@ -42,11 +43,11 @@ def log_log_lines(series: dict[str, list[tuple[float, float]]], path, title: str
     font = ImageFont.load_default()
     draw.rectangle([LEFT, TOP, LEFT + plot_w, TOP + plot_h], outline="black")
     for exponent in y_exps:  # horizontal grid lines and labels, one per decade
-        _, py = to_pixel(10 ** x_low, 10.0 ** exponent)
+        _, py = to_pixel(10**x_low, 10.0**exponent)
         draw.line([LEFT, py, LEFT + plot_w, py], fill="#dddddd")
         draw.text((LEFT - 8, py), _tick_label(exponent), fill="black", font=font, anchor="rm")
     for x in sorted(set(xs)):
-        px, _ = to_pixel(x, 10.0 ** y_low)
+        px, _ = to_pixel(x, 10.0**y_low)
         draw.line([px, TOP, px, TOP + plot_h], fill="#eeeeee")
         draw.text((px, TOP + plot_h + 8), f"{x:g}", fill="black", font=font, anchor="mt")
     draw.text((LEFT + plot_w / 2, 20), title, fill="black", font=font, anchor="mm")

@@ -6,6 +6,7 @@ that a latency-bound miss can be attributed to launches or to a particular kerne
 
     python benchmarks/profile_loss.py [--device cuda] [--batch 512 --dim 512 --classes 10]
 """
+
 import argparse
 
 import torch
@@ -45,14 +46,18 @@ def main():
             if on_cuda:
                 torch.cuda.synchronize()
         events = prof.key_averages()
-        print(f"\n=== {kind} features, B={args.batch} D={args.dim} C={args.classes} zeta={args.zeta}, "
-              f"{args.passes} passes ===")
+        print(
+            f"\n=== {kind} features, B={args.batch} D={args.dim} C={args.classes} zeta={args.zeta}, "
+            f"{args.passes} passes ==="
+        )
         if on_cuda:
             kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
             launches = sum(e.count for e in kernels)
             device_us = sum(e.self_device_time_total for e in kernels)
-            print(f"kernel launches per pass: {launches / args.passes:.1f}; "
-                  f"device time per pass: {device_us / args.passes:.1f} us")
+            print(
+                f"kernel launches per pass: {launches / args.passes:.1f}; "
+                f"device time per pass: {device_us / args.passes:.1f} us"
+            )
         print(events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=70))
 
 

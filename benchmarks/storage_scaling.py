@@ -12,6 +12,7 @@
     python benchmarks/storage_scaling.py --out benchmarks/results/storage_scaling.md
 Single-threaded runs (OMP_NUM_THREADS=1); each number is the median of --repeats runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def run_measured(args: list[str]) -> tuple[int, float, float]:
     """(peak RssAnon in bytes, CPU seconds, wall seconds) of `python -m miue_ext ARGS`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "miue_ext", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miue_ext", *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = 0
     status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
@@ -70,8 +72,16 @@ def _descendants(pid: int) -> list[int]:
 
 def run_group(args: list[str], processes: int) -> dict[int, int]:
     """Peak RssAnon of every worker of `torchrun --nproc-per-node P -m miue_ext ARGS`."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "miue_ext", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "-m",
+        "miue_ext",
+        *args,
+    ]
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks: dict[int, int] = {}
     while proc.poll() is None:
@@ -91,18 +101,37 @@ def run_group(args: list[str], processes: int) -> dict[int, int]:
 
 def group_table(work: Path, count: int, size: int) -> list[str]:
     folder, cache = work / f"folder{count}", work / "cache"
-    common = ["generate", "--data", f"imagefolder:{folder}", "--image-size", str(size), "--cache-dir", str(cache),
-              "--epochs", "1", "--steps", "1", "--device", "cpu", "--no-progress", "--seed", "0"]
-    rows = ["| images | processes | storage | peak RssAnon per worker (MiB) | delta rows per worker file |",
-            "|---|---|---|---|---|"]
+    common = [
+        "generate",
+        "--data",
+        f"imagefolder:{folder}",
+        "--image-size",
+        str(size),
+        "--cache-dir",
+        str(cache),
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--seed",
+        "0",
+    ]
+    rows = [
+        "| images | processes | storage | peak RssAnon per worker (MiB) | delta rows per worker file |",
+        "|---|---|---|---|---|",
+    ]
     for storage in ("resident", "stream"):
         ckpt = work / f"group_{storage}.ckpt"
         args = [*common, "--storage", storage, "--checkpoint-dir", str(ckpt), "--out", str(work / "g.npz")]
         peaks = run_group(args, 2)
         files = sorted(ckpt.glob("delta-rank*-a.npy"))
         held = ", ".join(str(np.load(f, mmap_mode="r").shape[0]) for f in files) if files else f"{count} (all, in RAM)"
-        rows.append(f"| {count} | 2 | {storage} | {', '.join(f'{p / 2**20:.0f}' for p in sorted(peaks.values()))} "
-                    f"| {held} |")
+        rows.append(
+            f"| {count} | 2 | {storage} | {', '.join(f'{p / 2**20:.0f}' for p in sorted(peaks.values()))} | {held} |"
+        )
     return rows
 
 
@@ -113,15 +142,33 @@ def memory_table(work: Path, counts: list[int], size: int, repeats: int) -> list
     for count in counts:
         folder = work / f"folder{count}"
         if not folder.exists():
-            subprocess.run([sys.executable, str(HERE / "make_image_folder.py"), str(folder), "--images", str(count),
-                            "--classes", "10", "--min-size", "40", "--max-size", "120", "--seed", "0"],
-                           check=True, env=ENV)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "make_image_folder.py"),
+                    str(folder),
+                    "--images",
+                    str(count),
+                    "--classes",
+                    "10",
+                    "--min-size",
+                    "40",
+                    "--max-size",
+                    "120",
+                    "--seed",
+                    "0",
+                ],
+                check=True,
+                env=ENV,
+            )
         data = ["--data", f"imagefolder:{folder}", "--image-size", str(size), "--cache-dir", str(cache)]
         common = [*data, "--epochs", "1", "--steps", "1", "--device", "cpu", "--no-progress", "--seed", "0"]
         run_measured(["generate", *common, "--out", str(work / "warm.npz")])  # builds the decode cache: not counted
         for storage in ("resident", "stream"):
-            peaks = [run_measured(["generate", *common, "--storage", storage, "--out", str(work / f"p{count}.npz")])[0]
-                     for _ in range(repeats)]
+            peaks = [
+                run_measured(["generate", *common, "--storage", storage, "--out", str(work / f"p{count}.npz")])[0]
+                for _ in range(repeats)
+            ]
             peak = statistics.median(peaks) / 2**20
             base.setdefault(storage, peak)
             rows.append(f"| {count} | {storage} | {peak:.0f} | {peak / base[storage]:.2f}x |")
@@ -133,13 +180,16 @@ def speed_table(work: Path, chunk: int, epochs: int, repeats: int) -> list[str]:
     results: dict[str, list[float]] = {"resident": [], f"stream, chunks of {chunk}": []}
     for _ in range(repeats):  # interleaved, so that a change in the machine's load hits both
         results["resident"].append(run_measured([*common, "--storage", "resident", "--out", str(work / "r.npz")])[1])
-        results[f"stream, chunks of {chunk}"].append(run_measured(
-            [*common, "--storage", "stream", "--chunk-size", str(chunk), "--out", str(work / "s.npz")])[1])
+        results[f"stream, chunks of {chunk}"].append(
+            run_measured([*common, "--storage", "stream", "--chunk-size", str(chunk), "--out", str(work / "s.npz")])[1]
+        )
     rows = ["| patches, generate | CPU s (median) | runs | vs resident |", "|---|---|---|---|"]
     resident = statistics.median(results["resident"])
     for name, values in results.items():
-        rows.append(f"| {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
-                    f"{statistics.median(values) / resident:.3f}x |")
+        rows.append(
+            f"| {name} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
+            f"{statistics.median(values) / resident:.3f}x |"
+        )
     return rows
 
 
@@ -160,15 +210,27 @@ def main() -> None:
         lines = [f"# Streamed storage, measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores", ""]
         if "memory" not in args.skip:
             counts = [int(c) for c in args.counts.split(",")]
-            lines += [f"## Peak anonymous memory, 1 epoch x 1 step, --image-size {args.image_size}", "",
-                      *memory_table(work, counts, args.image_size, args.repeats), ""]
+            lines += [
+                f"## Peak anonymous memory, 1 epoch x 1 step, --image-size {args.image_size}",
+                "",
+                *memory_table(work, counts, args.image_size, args.repeats),
+                "",
+            ]
         if "group" not in args.skip:
             count = max(int(c) for c in args.counts.split(","))
-            lines += ["## A torchrun group of 2 gloo processes, 1 epoch x 1 step", "",
-                      *group_table(work, count, args.image_size), ""]
+            lines += [
+                "## A torchrun group of 2 gloo processes, 1 epoch x 1 step",
+                "",
+                *group_table(work, count, args.image_size),
+                "",
+            ]
         if "speed" not in args.skip:
-            lines += [f"## Speed on patches, {args.epochs} epochs", "",
-                      *speed_table(work, args.chunk, args.epochs, args.repeats), ""]
+            lines += [
+                f"## Speed on patches, {args.epochs} epochs",
+                "",
+                *speed_table(work, args.chunk, args.epochs, args.repeats),
+                "",
+            ]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -25,8 +25,8 @@ std::array<const LossKernels*, static_cast<size_t>(c10::DeviceType::COMPILE_TIME
 const LossKernels& kernels_for(const at::Tensor& features) {
   const LossKernels* kernels = kernel_table()[static_cast<size_t>(features.device().type())];
   TORCH_CHECK(kernels != nullptr, "miue::mi_ue_loss: no kernels for features on ", features.device(),
-              " (this build of miue_ext has ", kernel_table()[static_cast<size_t>(c10::DeviceType::CUDA)]
-                  ? "CPU and CUDA" : "CPU only", " kernels)");
+              " (this build of miue_ext has ",
+              kernel_table()[static_cast<size_t>(c10::DeviceType::CUDA)] ? "CPU and CUDA" : "CPU only", " kernels)");
   return *kernels;
 }
 
@@ -37,10 +37,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_forward_op(const at::Tensor&
 }
 
 at::Tensor loss_backward_op(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
-                            const at::Tensor& row_stats, const at::Tensor& gram, double temperature,
-                            double sim_weight, double dist_weight, int64_t tile_rows) {
-  return mi_ue_loss_backward(kernels_for(features), grad, features, labels, row_stats, gram, temperature,
-                             sim_weight, dist_weight, tile_rows);
+                            const at::Tensor& row_stats, const at::Tensor& gram, double temperature, double sim_weight,
+                            double dist_weight, int64_t tile_rows) {
+  return mi_ue_loss_backward(kernels_for(features), grad, features, labels, row_stats, gram, temperature, sim_weight,
+                             dist_weight, tile_rows);
 }
 
 }  // namespace
@@ -89,9 +89,10 @@ Prepared prepare(const LossKernels& kernels, const at::Tensor& features, const a
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
-    const LossKernels& kernels, const at::Tensor& features, const at::Tensor& labels,
-    double temperature, double sim_weight, double dist_weight, int64_t tile_rows) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(const LossKernels& kernels,
+                                                                  const at::Tensor& features, const at::Tensor& labels,
+                                                                  double temperature, double sim_weight,
+                                                                  double dist_weight, int64_t tile_rows) {
   check_loss_inputs(features, labels);
   check_loss_scalars(temperature, sim_weight, dist_weight, tile_rows);
   const FullPrecision full_precision;
@@ -105,19 +106,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
   for (int64_t row0 = 0; row0 < batch; row0 += tile) {
     const int64_t rows = std::min(tile, batch - row0);
     at::Tensor gram = at::mm(p.unit.narrow(0, row0, rows), p.unit.t());
-    kernels.rows_forward(p.features, p.norms, p.labels, gram, row0, temperature, sim_weight,
-                         dist_weight, stats, row_loss);
+    kernels.rows_forward(p.features, p.norms, p.labels, gram, row0, temperature, sim_weight, dist_weight, stats,
+                         row_loss);
     if (rows == batch) saved_gram = gram;
   }
   at::Tensor loss = row_loss.sum().to(features.scalar_type());
   return {loss, stats, saved_gram};
 }
 
-at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad,
-                               const at::Tensor& features, const at::Tensor& labels,
-                               const at::Tensor& row_stats, const at::Tensor& gram,
-                               double temperature, double sim_weight, double dist_weight,
-                               int64_t tile_rows) {
+at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad, const at::Tensor& features,
+                               const at::Tensor& labels, const at::Tensor& row_stats, const at::Tensor& gram,
+                               double temperature, double sim_weight, double dist_weight, int64_t tile_rows) {
   check_loss_inputs(features, labels);
   check_loss_scalars(temperature, sim_weight, dist_weight, tile_rows);
   check_same_device(features, "features", grad, "grad");
@@ -126,8 +125,7 @@ at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& gra
   const FullPrecision full_precision;
   const Prepared p = prepare(kernels, features, labels);
   const int64_t batch = p.features.size(0);
-  TORCH_CHECK(grad.numel() == 1, "grad must hold one element (the loss is a scalar), got shape ",
-              grad.sizes());
+  TORCH_CHECK(grad.numel() == 1, "grad must hold one element (the loss is a scalar), got shape ", grad.sizes());
   TORCH_CHECK(row_stats.sizes() == at::IntArrayRef({batch, kNumRowStats}) &&
                   row_stats.scalar_type() == p.features.scalar_type(),
               "row_stats must be the [B, 4] statistics returned by mi_ue_loss_forward");
@@ -141,13 +139,12 @@ at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& gra
   at::Tensor grad_features = at::zeros_like(p.features);
   for (int64_t row0 = 0; row0 < batch; row0 += tile) {
     const int64_t rows = std::min(tile, batch - row0);
-    at::Tensor block_gram = reuse_gram ? gram.contiguous()
-                                       : at::mm(p.unit.narrow(0, row0, rows), p.unit.t());
+    at::Tensor block_gram = reuse_gram ? gram.contiguous() : at::mm(p.unit.narrow(0, row0, rows), p.unit.t());
     // A recomputed block is private to this loop, so its coefficients overwrite it in place.
     at::Tensor coeff = reuse_gram ? at::empty_like(block_gram) : block_gram;
     at::Tensor out_rows = grad_features.narrow(0, row0, rows);
-    kernels.rows_backward(p.features, p.norms, p.labels, block_gram, row0, temperature, sim_weight,
-                          dist_weight, stats, grad_acc, coeff, out_rows);
+    kernels.rows_backward(p.features, p.norms, p.labels, block_gram, row0, temperature, sim_weight, dist_weight, stats,
+                          grad_acc, coeff, out_rows);
     out_rows.addmm_(coeff, p.unit);
   }
   return grad_features.to(features.scalar_type());

@@ -14,15 +14,14 @@ struct LossKernels {
   void (*normalize_rows)(const at::Tensor& features, at::Tensor& unit, at::Tensor& norms);
   // Rows [row0, row0 + gram.size(0)): fills stats[row, :] and row_loss[row] from gram rows.
   void (*rows_forward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                       double dist_weight, at::Tensor& stats, at::Tensor& row_loss);
+                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                       at::Tensor& stats, at::Tensor& row_loss);
   // Same rows: coeff = M rows of the backward (see pair_math.h), scaled by grad (a 1-element
   // tensor); near-duplicate pairs add their share into direct (the rows' slice of the output,
   // zero on entry), to which the driver then adds coeff @ unit.
   void (*rows_backward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
-                        at::Tensor& coeff, at::Tensor& direct);
+                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                        const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff, at::Tensor& direct);
 };
 
 // Each device's file (cpu/mi_ue_loss_cpu.cpp, cuda/mi_ue_loss_cuda.cu) registers its row kernels
@@ -31,15 +30,14 @@ struct LossKernels {
 bool register_loss_kernels(c10::DeviceType device, const LossKernels* kernels);
 
 // Returns (loss, row_stats [B, 4], gram [B, B] or empty when tiled).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(
-    const LossKernels& kernels, const at::Tensor& features, const at::Tensor& labels,
-    double temperature, double sim_weight, double dist_weight, int64_t tile_rows);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(const LossKernels& kernels,
+                                                                  const at::Tensor& features, const at::Tensor& labels,
+                                                                  double temperature, double sim_weight,
+                                                                  double dist_weight, int64_t tile_rows);
 
-at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad,
-                               const at::Tensor& features, const at::Tensor& labels,
-                               const at::Tensor& row_stats, const at::Tensor& gram,
-                               double temperature, double sim_weight, double dist_weight,
-                               int64_t tile_rows);
+at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad, const at::Tensor& features,
+                               const at::Tensor& labels, const at::Tensor& row_stats, const at::Tensor& gram,
+                               double temperature, double sim_weight, double dist_weight, int64_t tile_rows);
 
 int64_t rows_per_tile(int64_t batch, int64_t tile_rows);
 
@@ -48,8 +46,8 @@ template <typename acc_t>
 LossView<acc_t> make_loss_view(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                                double temperature, double sim_weight, double dist_weight) {
   return LossView<acc_t>{features.data_ptr<acc_t>(), norms.data_ptr<acc_t>(), labels.data_ptr<int64_t>(),
-                         features.size(0), features.size(1), acc_t(1.0 / temperature),
-                         acc_t(sim_weight), acc_t(dist_weight)};
+                         features.size(0),           features.size(1),        acc_t(1.0 / temperature),
+                         acc_t(sim_weight),          acc_t(dist_weight)};
 }
 
 }  // namespace miue

@@ -15,13 +15,16 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(miue, m) {
   // L = sim_weight * L_sim + dist_weight * L_dist; also returns what the backward reuses.
-  m.def("mi_ue_loss_forward(Tensor features, Tensor labels, float temperature, float sim_weight, "
-        "float dist_weight, int tile_rows=0) -> (Tensor loss, Tensor row_stats, Tensor gram)");
-  m.def("mi_ue_loss_backward(Tensor grad, Tensor features, Tensor labels, Tensor row_stats, Tensor gram, "
-        "float temperature, float sim_weight, float dist_weight, int tile_rows=0) -> Tensor");
+  m.def(
+      "mi_ue_loss_forward(Tensor features, Tensor labels, float temperature, float sim_weight, "
+      "float dist_weight, int tile_rows=0) -> (Tensor loss, Tensor row_stats, Tensor gram)");
+  m.def(
+      "mi_ue_loss_backward(Tensor grad, Tensor features, Tensor labels, Tensor row_stats, Tensor gram, "
+      "float temperature, float sim_weight, float dist_weight, int tile_rows=0) -> Tensor");
   m.def("intra_class_cosine_forward(Tensor features, Tensor labels) -> Tensor");
   m.def("intra_class_cosine_backward(Tensor grad, Tensor features, Tensor labels) -> Tensor");
   m.def("pgd_update_(Tensor(a!) delta, Tensor x, Tensor grad, float alpha, float eps) -> ()");
-  m.def("pgd_update_indexed_(Tensor(a!) poison, Tensor index, Tensor x, Tensor grad, float alpha, "
-        "float eps, bool check_index=True) -> ()");
+  m.def(
+      "pgd_update_indexed_(Tensor(a!) poison, Tensor index, Tensor x, Tensor grad, float alpha, "
+      "float eps, bool check_index=True) -> ()");
 }

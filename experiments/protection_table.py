@@ -1,7 +1,8 @@
 """Mean, min and max clean test accuracy per variant and victim from out/sweep/*/report.json.
 
-    python experiments/protection_table.py [SWEEP_DIR]
+python experiments/protection_table.py [SWEEP_DIR]
 """
+
 import json
 import re
 import statistics
@@ -25,5 +26,7 @@ for (name, victim), runs in sorted(rows.items()):
     finals = [r[1] for r in runs]
     peaks = [r[2] for r in runs]
     per_seed = ", ".join(f"s{s}: {f:.1f}/{p:.1f}" for s, f, p in sorted(runs))
-    print(f"| {name} | {victim} | {len(runs)} | {statistics.mean(finals):.1f} ({min(finals):.1f}-{max(finals):.1f}) "
-          f"| {statistics.mean(peaks):.1f} ({min(peaks):.1f}-{max(peaks):.1f}) | {per_seed} |")
+    print(
+        f"| {name} | {victim} | {len(runs)} | {statistics.mean(finals):.1f} ({min(finals):.1f}-{max(finals):.1f}) "
+        f"| {statistics.mean(peaks):.1f} ({min(peaks):.1f}-{max(peaks):.1f}) | {per_seed} |"
+    )

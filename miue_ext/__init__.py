@@ -1,4 +1,5 @@
 """miue_ext: fused kernels and tools for Mutual-Information Unlearnable Examples (MI-UE)."""
+
 from .stop_signals import held_while_torch_loads
 
 with held_while_torch_loads():

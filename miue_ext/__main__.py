@@ -1,4 +1,5 @@
 """`python -m miue_ext ...` is the `miue` command."""
+
 import sys
 
 try:

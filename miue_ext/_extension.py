@@ -1,4 +1,5 @@
 """Loads the compiled kernels (miue_ext._C), which register the torch.ops.miue operators."""
+
 import torch  # noqa: F401  (torch's libraries must be loaded before _C)
 
 BUILD_HINT = (

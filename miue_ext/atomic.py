@@ -3,6 +3,7 @@
 Data goes to a temporary file in the destination folder, is flushed to disk, and is then
 renamed over the destination: rename within one file system is atomic on POSIX and Windows.
 """
+
 from __future__ import annotations
 
 import contextlib

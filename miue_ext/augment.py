@@ -4,6 +4,7 @@ at a random offset, and mirror left-right with probability 1/2, on NHWC batches.
 One implementation for both users: the victim's training (evaluate/train.py, uint8 batches)
 and --augment-perturbation (generate/steps.py, float x + delta that must stay differentiable).
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ lost rank, a full disk, an internal error), 2 bad input, 130 interrupted (Ctrl-C
 terminated (SIGTERM). Every failure is one line on stderr, `miue COMMAND: ...`; with
 MIUE_DEBUG=1 its traceback comes first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ from miue_ext.stop_signals import StopSignals, end_process_now
 
 SUBCOMMANDS = {  # name -> (module, one-line help)
     "generate": ("miue_ext.commands.generate", "compute MI-UE (or EM) perturbations and write a poison file"),
-    "export": ("miue_ext.commands.export", "write a poison file as a folder: PNGs + labels.csv, the layouts of TAP/APBench/ISS, EM or "
-               "AVATAR, or an image folder's own layout (--format)"),
+    "export": (
+        "miue_ext.commands.export",
+        "write a poison file as a folder: PNGs + labels.csv, the layouts of TAP/APBench/ISS, EM or "
+        "AVATAR, or an image folder's own layout (--format)",
+    ),
     "evaluate": ("miue_ext.commands.evaluate", "train a victim on a poisoned set and report clean test accuracy"),
     "plot": ("miue_ext.commands.plot", "draw the accuracy curves of several evaluation reports on one plot"),
     "stats": ("miue_ext.commands.stats", "perturbation norms, PSNR, SSIM and an image grid of a poison file"),
@@ -51,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=help_text, description=module.__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = subparsers.add_parser(
+            name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser

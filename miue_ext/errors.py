@@ -4,6 +4,7 @@ InputError: the user asked for something we cannot do (exit 2). NonFiniteLossErr
 DistributedError, OutputError: the run failed for a reason outside the input (exit 1).
 Terminated: a termination signal, handled like Ctrl-C (exit 128 + the signal number).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """MIUELoss: the fused MI-UE objective as an nn.Module for training loops."""
+
 from torch import nn
 
 from . import ops

@@ -13,6 +13,7 @@ the `ce` objective). `FeatureSurrogate` provides both for three kinds of model:
 * any module that returns logits, when the user names the layer whose output is the
   feature vector (a forward hook captures it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -167,9 +166,14 @@ class PlainCNN(nn.Module):
         super().__init__()
         layers, channels = [], in_channels
         for width in (32, 64, 128):
-            layers += [nn.Conv2d(channels, width, 3, 1, 1), nn.ReLU(inplace=True),
-                       nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2), nn.Dropout(0.25)]
+            layers += [
+                nn.Conv2d(channels, width, 3, 1, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, 1, 1),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+                nn.Dropout(0.25),
+            ]
             channels = width
         self.features = nn.Sequential(*layers)
         self.hidden = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True))
@@ -237,9 +241,7 @@ class FeatureSurrogate(nn.Module):
             try:
                 layer = model.get_submodule(feature_layer)
             except AttributeError:
-                raise InputError(
-                    f"model {type(model).__name__} has no layer named {feature_layer!r}"
-                ) from None
+                raise InputError(f"model {type(model).__name__} has no layer named {feature_layer!r}") from None
             layer.register_forward_hook(self._capture)
 
     def _capture(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
@@ -256,8 +258,7 @@ class FeatureSurrogate(nn.Module):
         out = self.model(x)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise InputError(
-                f"surrogate {type(self.model).__name__} must return (features, logits) "
-                "or be given a feature layer name"
+                f"surrogate {type(self.model).__name__} must return (features, logits) or be given a feature layer name"
             )
         features, logits = out
         return torch.flatten(features, 1), logits

@@ -3,6 +3,7 @@ autograd registrations so that they work under autograd, torch.compile and opche
 
 Non-finite features (NaN or inf) give a NaN loss and NaN gradients, as PyTorch's losses do.
 """
+
 import torch
 
 from . import _extension  # noqa: F401  (registers torch.ops.miue)
@@ -29,7 +30,9 @@ def _accumulator_dtype(dtype):
 # --------------------------------------------------------------------------- fake kernels
 def _check_loss_args(features, labels):
     """The checks of csrc/common/checks.h that depend only on metadata, for the fake kernels."""
-    torch._check(features.dim() == 2, lambda: f"features must be a 2-D tensor [B, D], got shape {tuple(features.shape)}")
+    torch._check(
+        features.dim() == 2, lambda: f"features must be a 2-D tensor [B, D], got shape {tuple(features.shape)}"
+    )
     torch._check(labels.dim() == 1, lambda: f"labels must be a 1-D tensor [B], got shape {tuple(labels.shape)}")
     torch._check(
         labels.device == features.device,
@@ -51,8 +54,9 @@ def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_wei
 
 
 @torch.library.register_fake("miue::mi_ue_loss_backward")
-def _mi_ue_loss_backward_fake(grad, features, labels, row_stats, gram, temperature, sim_weight,
-                              dist_weight, tile_rows=0):
+def _mi_ue_loss_backward_fake(
+    grad, features, labels, row_stats, gram, temperature, sim_weight, dist_weight, tile_rows=0
+):
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 

@@ -5,6 +5,7 @@ checkpoint folder at once.
 
 Every guard raises InputError (one line, exit 2) before any work starts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,9 @@ def _same_path(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def check_output_path(path: str | os.PathLike, option: str, inputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> None:
+def check_output_path(
+    path: str | os.PathLike, option: str, inputs: Iterable[tuple[str, str | os.PathLike]] = ()
+) -> None:
     """`path` (given as `option`) must not be an input or an existing non-regular file."""
     target = Path(path)
     for name, other in inputs:
@@ -45,28 +48,37 @@ def check_output_path(path: str | os.PathLike, option: str, inputs: Iterable[tup
     if stat.S_ISDIR(mode):
         raise InputError(f"cannot write {option} {path}: it is a directory; give a file name")
     if not stat.S_ISREG(mode):
-        raise InputError(f"{option} {path} exists and is not a regular file (a FIFO, device or socket); "
-                         "refusing to replace it")
+        raise InputError(
+            f"{option} {path} exists and is not a regular file (a FIFO, device or socket); refusing to replace it"
+        )
 
 
 def data_file_of(spec: str) -> str | None:
     """The user's file or folder behind a --data spec (npz:PATH, imagefolder:PATH, ...), if any."""
     for prefix in ("npz:", "imagefolder:", "tiny-imagenet:", "imagenet100:", "mini-imagenet:"):
         if spec.startswith(prefix):
-            return spec[len(prefix):]
+            return spec[len(prefix) :]
     return None
 
 
 # What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
 # a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
-WRITTEN_PATTERNS = ("checkpoint.pt", "manifest.json", "epoch*-rank*-of*.pt", "delta-*.npy", ".*.tmp", LOCK_NAME,
-                    OWNER_MARKER)
+WRITTEN_PATTERNS = (
+    "checkpoint.pt",
+    "manifest.json",
+    "epoch*-rank*-of*.pt",
+    "delta-*.npy",
+    ".*.tmp",
+    LOCK_NAME,
+    OWNER_MARKER,
+)
 
 
 def _only_ours(folder: Path) -> bool:
     """Every entry is a file generation writes (a folder from before the marker existed)."""
-    return all(entry.is_file() and any(fnmatch.fnmatch(entry.name, p) for p in WRITTEN_PATTERNS)
-               for entry in folder.iterdir())
+    return all(
+        entry.is_file() and any(fnmatch.fnmatch(entry.name, p) for p in WRITTEN_PATTERNS) for entry in folder.iterdir()
+    )
 
 
 def check_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -> None:
@@ -77,8 +89,10 @@ def check_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -
     if folder.exists() and not folder.is_dir():
         raise InputError(f"checkpoint folder {folder} exists and is not a folder; give --checkpoint-dir")
     if owned_by_default and folder.is_dir() and not (folder / OWNER_MARKER).is_file() and not _only_ours(folder):
-        raise InputError(f"{folder} exists, is not empty and was not made by miue generate; it would be used "
-                         "as the checkpoint folder: move it away or give --checkpoint-dir")
+        raise InputError(
+            f"{folder} exists, is not empty and was not made by miue generate; it would be used "
+            "as the checkpoint folder: move it away or give --checkpoint-dir"
+        )
 
 
 def claim_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -> bool:
@@ -140,8 +154,10 @@ def exclusive_use(directory: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise InputError(f"another miue generate is using the checkpoint folder {folder} (same --out or "
-                                 "--checkpoint-dir); wait for it or choose another") from None
+                raise InputError(
+                    f"another miue generate is using the checkpoint folder {folder} (same --out or "
+                    "--checkpoint-dir); wait for it or choose another"
+                ) from None
             raise
         try:
             yield

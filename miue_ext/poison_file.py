@@ -10,6 +10,7 @@ Arrays (see docs/generation.md):
 Because the perturbation is stored as integers, the L-inf budget holds exactly after
 quantisation: |perturbation| <= round(eps * 255).
 """
+
 from __future__ import annotations
 
 import csv
@@ -70,14 +71,18 @@ class PoisonFile:
         return float(self.meta["eps"])
 
 
-def save_poison(path: str | os.PathLike, poisoned: np.ndarray, labels: np.ndarray,
-                perturbation: np.ndarray, meta: dict) -> None:
+def save_poison(
+    path: str | os.PathLike, poisoned: np.ndarray, labels: np.ndarray, perturbation: np.ndarray, meta: dict
+) -> None:
     """Write atomically: an interrupted save never leaves a partial `path`."""
     meta = {"format_version": FORMAT_VERSION, **meta}
     with atomic_write(path) as handle:
         np.savez_compressed(
-            handle, images=poisoned, labels=np.asarray(labels, dtype=np.int64),
-            perturbation=perturbation, meta=np.asarray(json.dumps(meta, sort_keys=True)),
+            handle,
+            images=poisoned,
+            labels=np.asarray(labels, dtype=np.int64),
+            perturbation=perturbation,
+            meta=np.asarray(json.dumps(meta, sort_keys=True)),
         )
 
 
@@ -94,8 +99,9 @@ def load_poison(path: str | os.PathLike, clean_images: np.ndarray | None = None)
             missing = set(ARRAYS) - set(archive.files)
             if missing:
                 raise InputError(f"{path}: not a poison file (missing {', '.join(sorted(missing))})")
-            poison = PoisonFile(archive["images"], archive["labels"], archive["perturbation"],
-                                json.loads(str(archive["meta"])))
+            poison = PoisonFile(
+                archive["images"], archive["labels"], archive["perturbation"], json.loads(str(archive["meta"]))
+            )
         verify(poison, clean_images, name=str(path))
     except InputError:
         raise
@@ -111,10 +117,11 @@ def check_eps(meta: object, name: str = "poison") -> float:
     if "eps" not in meta:
         raise InputError(f"{name}: meta has no 'eps' (the L-inf budget as a fraction of 255)")
     eps = meta["eps"]
-    if (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps)
-            or not 0 < eps <= MAX_EPS):
-        raise InputError(f"{name}: meta eps must be a number in (0, {MAX_EPS:g}] (a fraction of 255, "
-                         f"e.g. {8 / 255:.5f} for 8/255), got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= MAX_EPS:
+        raise InputError(
+            f"{name}: meta eps must be a number in (0, {MAX_EPS:g}] (a fraction of 255, "
+            f"e.g. {8 / 255:.5f} for 8/255), got {eps!r}"
+        )
     return float(eps)
 
 
@@ -127,8 +134,10 @@ def verify(poison: PoisonFile, clean_images: np.ndarray | None = None, name: str
     if images.shape[3] not in (1, 3):
         raise InputError(f"{name}: images must have 1 or 3 channels (last axis), got {images.shape[3]}")
     if pert.shape != images.shape or pert.dtype not in (np.int8, np.int16):
-        raise InputError(f"{name}: perturbation must be int8/int16 with the images' shape {list(images.shape)}, "
-                         f"got {pert.dtype} {list(pert.shape)}")
+        raise InputError(
+            f"{name}: perturbation must be int8/int16 with the images' shape {list(images.shape)}, "
+            f"got {pert.dtype} {list(pert.shape)}"
+        )
     labels = np.asarray(poison.labels)
     if labels.ndim != 1:
         raise InputError(f"{name}: labels must be a vector [N], got shape {list(labels.shape)}")

@@ -15,6 +15,7 @@ takes the clean set (--data): the poison must hold one image per clean image, in
 and stay within the L-inf budget `eps` of it. Nothing is ever unpickled: torch.load runs with
 weights_only=True and np.load with allow_pickle=False.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,6 +49,7 @@ _ROWS = 4096  # rows converted at a time (bounds the float copies of a large ten
 
 # --- writing ---------------------------------------------------------------------------------------
 
+
 def write_png_folder(images: np.ndarray, folder: str | os.PathLike) -> None:
     """`folder/{n}.png` for every row n of uint8 [N, H, W, C]: RGB, or greyscale (mode L) for C = 1."""
     folder = Path(folder)
@@ -62,9 +64,11 @@ def source_layout_names(meta: dict, n: int) -> list[str]:
     (cat/a.jpg and cat/a.png) keeps its old suffix too (cat/a.jpg.png)."""
     paths = meta.get("relative_paths")
     if not isinstance(paths, list) or len(paths) != n or not all(isinstance(p, str) and p for p in paths):
-        raise InputError("--format imagefolder needs a poison made from an image folder (imagefolder:, "
-                         "tiny-imagenet:, imagenet100:, mini-imagenet:), whose file records each image's path; "
-                         "this one records none: use --format folder or png-index")
+        raise InputError(
+            "--format imagefolder needs a poison made from an image folder (imagefolder:, "
+            "tiny-imagenet:, imagenet100:, mini-imagenet:), whose file records each image's path; "
+            "this one records none: use --format folder or png-index"
+        )
     for path in paths:
         parts = PurePosixPath(path).parts
         if PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path:
@@ -73,8 +77,10 @@ def source_layout_names(meta: dict, n: int) -> list[str]:
     counts: dict[str, int] = {}
     for name in names:
         counts[name] = counts.get(name, 0) + 1
-    names = [name if counts[name] == 1 or path.lower().endswith(".png") else f"{path}.png"
-             for name, path in zip(names, paths)]
+    names = [
+        name if counts[name] == 1 or path.lower().endswith(".png") else f"{path}.png"
+        for name, path in zip(names, paths)
+    ]
     if len(set(names)) != n:
         raise InputError("the poison's meta records the same path twice; it cannot be written as a folder")
     return names
@@ -105,6 +111,7 @@ def write_avatar_npz(images: np.ndarray, labels: np.ndarray, path: str | os.Path
 def avatar_file_name(meta: dict) -> str:
     """AVATAR's name for an undenoised attack, METHOD_DOMAIN_Sanitized_0.npz: its evaluation
     script reads the denoising steps from the fourth '_'-separated field of the path."""
+
     def word(text: str, default: str) -> str:
         return re.sub(r"[^A-Za-z0-9]", "", text).upper() or default
 
@@ -132,6 +139,7 @@ def write_format(poison: PoisonFile, folder: Path, fmt: str) -> str:
 
 
 # --- naming a poison -----------------------------------------------------------------------------
+
 
 def resolve_spec(spec: str) -> tuple[str, str]:
     """(format, path) of a poison named on the command line: format "miue" (a poison .npz written
@@ -210,15 +218,24 @@ def poison_digest(spec: str) -> str:
 def poison_source(spec: str, poison: PoisonFile) -> dict:
     """What a report records about a poison read by `load_any_poison` from another tool's format."""
     fmt, path = resolve_spec(spec)
-    return {"kind": "poison", "format": fmt, "path": f"{_prefix(fmt)}:{os.path.abspath(path)}",
-            "sha256": poison_digest(spec), "method": poison.meta["method"], "dataset": poison.meta["dataset"],
-            "mode": poison.meta.get("mode"), "linf_pixels": poison.meta["linf_pixels"]}
+    return {
+        "kind": "poison",
+        "format": fmt,
+        "path": f"{_prefix(fmt)}:{os.path.abspath(path)}",
+        "sha256": poison_digest(spec),
+        "method": poison.meta["method"],
+        "dataset": poison.meta["dataset"],
+        "mode": poison.meta.get("mode"),
+        "linf_pixels": poison.meta["linf_pixels"],
+    }
 
 
 # --- reading -------------------------------------------------------------------------------------
 
-def load_any_poison(spec: str, clean: ImageDataset | Callable[[], ImageDataset] | None = None,
-                    eps: float = DEFAULT_EPS_PIXELS / 255) -> PoisonFile:
+
+def load_any_poison(
+    spec: str, clean: ImageDataset | Callable[[], ImageDataset] | None = None, eps: float = DEFAULT_EPS_PIXELS / 255
+) -> PoisonFile:
     """The poison named by `spec` as a PoisonFile (poisoned uint8 [N, H, W, C], labels, integer
     perturbation, meta). A poison .npz from `miue generate` is read as it is; another tool's
     format needs `clean` (the data set, or a function that loads it) and is refused where it
@@ -241,10 +258,19 @@ def _finish(path: str, fmt: str, poisoned: np.ndarray, clean: ImageDataset, eps:
     perturbation = poisoned.astype(np.int16) - clean.images.astype(np.int16)
     worst = int(np.abs(perturbation).max(initial=0))
     if worst > bound:
-        raise InputError(f"{path}: differs from the clean images of {clean.name} by up to {worst}/255, beyond the "
-                         f"budget eps = {bound}/255; wrong --data, or pass --eps {worst} if that is its budget")
-    meta = {"method": poison_label(f"{_prefix(fmt)}:{path}"), "format": fmt, "eps": eps, "linf_pixels": worst,
-            "dataset": clean.name, "class_names": list(clean.class_names), **meta}
+        raise InputError(
+            f"{path}: differs from the clean images of {clean.name} by up to {worst}/255, beyond the "
+            f"budget eps = {bound}/255; wrong --data, or pass --eps {worst} if that is its budget"
+        )
+    meta = {
+        "method": poison_label(f"{_prefix(fmt)}:{path}"),
+        "format": fmt,
+        "eps": eps,
+        "linf_pixels": worst,
+        "dataset": clean.name,
+        "class_names": list(clean.class_names),
+        **meta,
+    }
     poison = PoisonFile(poisoned, clean.labels.copy(), perturbation.astype(np.int8 if bound <= 127 else np.int16), meta)
     verify(poison, clean.images, name=str(path))
     return poison
@@ -262,10 +288,15 @@ def _png_folder(root: Path) -> tuple[Path, list[str]]:
         entries = [entry for entry in os.listdir(root) if not entry.startswith(".")]
     for entry in entries:
         if not _INDEX_NAME.fullmatch(entry) or not (root / entry).is_file():
-            hint = (" (zero-padded: TAP, APBench and ISS name the files 0.png, 1.png, ...)"
-                    if re.fullmatch(r"0[0-9]+\.png", entry) else "")
-            raise InputError(f"{root / entry}: unexpected entry; a PNG-per-index folder holds only "
-                             f"files named 0.png, 1.png, ... by clean-set index{hint}")
+            hint = (
+                " (zero-padded: TAP, APBench and ISS name the files 0.png, 1.png, ...)"
+                if re.fullmatch(r"0[0-9]+\.png", entry)
+                else ""
+            )
+            raise InputError(
+                f"{root / entry}: unexpected entry; a PNG-per-index folder holds only "
+                f"files named 0.png, 1.png, ... by clean-set index{hint}"
+            )
     if not entries:
         raise InputError(f"{root}: no PNG files (expected 0.png, 1.png, ... or a data/ folder of them)")
     return root, entries
@@ -277,12 +308,16 @@ def read_png_folder(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
     n, c = len(clean), clean.images.shape[3]
     indices = sorted(int(name[:-4]) for name in names)
     if indices[-1] >= n:
-        raise InputError(f"{folder / f'{indices[-1]}.png'}: index {indices[-1]} is beyond the {n} images of "
-                         f"{clean.name}; wrong --data?")
+        raise InputError(
+            f"{folder / f'{indices[-1]}.png'}: index {indices[-1]} is beyond the {n} images of "
+            f"{clean.name}; wrong --data?"
+        )
     if len(indices) < n:
         first = next(i for i, index in enumerate(indices + [n]) if i != index)
-        raise InputError(f"{folder}: {n - len(indices)} of the {n} files 0.png .. {n - 1}.png are missing "
-                         f"(first: {first}.png); one PNG per image of {clean.name} is expected")
+        raise InputError(
+            f"{folder}: {n - len(indices)} of the {n} files 0.png .. {n - 1}.png are missing "
+            f"(first: {first}.png); one PNG per image of {clean.name} is expected"
+        )
     mode = "RGB" if c == 3 else "L"
     images = np.empty_like(clean.images)
     with warnings.catch_warnings():
@@ -321,21 +356,26 @@ def _load_tensor(path: str):
     except (OSError, zipfile.BadZipFile):
         size = os.path.getsize(path)  # the legacy (non-zip) torch format
     if size > memory_limit_bytes():
-        raise InputError(f"{path}: declares {human_bytes(size)}, more than the {human_bytes(memory_limit_bytes())} "
-                         "of memory available; refusing to load it")
+        raise InputError(
+            f"{path}: declares {human_bytes(size)}, more than the {human_bytes(memory_limit_bytes())} "
+            "of memory available; refusing to load it"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise InputError(f"{path}: refused: it holds Python objects other than tensors, and unpickling them "
-                         "could run code (only weights_only loading is done); EM's perturbation.pt is one "
-                         "tensor") from None
+        raise InputError(
+            f"{path}: refused: it holds Python objects other than tensors, and unpickling them "
+            "could run code (only weights_only loading is done); EM's perturbation.pt is one "
+            "tensor"
+        ) from None
     except Exception as err:  # noqa: BLE001  (torch.load raises KeyError, RuntimeError, ... on junk)
         raise InputError(f"{path}: not a readable torch file ({type(err).__name__})") from None
     if not isinstance(obj, torch.Tensor):
-        raise InputError(f"{path}: holds a {type(obj).__name__}, not a tensor; EM's perturbation.pt is one "
-                         "float tensor [N, C, H, W]")
+        raise InputError(
+            f"{path}: holds a {type(obj).__name__}, not a tensor; EM's perturbation.pt is one float tensor [N, C, H, W]"
+        )
     return obj
 
 
@@ -346,8 +386,10 @@ def read_em_pt(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
     n, (h, w, c), classes = len(clean), clean.images.shape[1:], clean.num_classes
     expected = f"[{n}, {c}, {h}, {w}] (sample-wise) or [{classes}, {c}, {h}, {w}] (class-wise)"
     if not tensor.is_floating_point():
-        raise InputError(f"{path}: a {str(tensor.dtype).removeprefix('torch.')} tensor; EM's perturbation is float "
-                         "(fractions of 255) in [-eps, eps]")
+        raise InputError(
+            f"{path}: a {str(tensor.dtype).removeprefix('torch.')} tensor; EM's perturbation is float "
+            "(fractions of 255) in [-eps, eps]"
+        )
     shape = tuple(tensor.shape)
     if tensor.ndim != 4 or shape[1:] != (c, h, w):
         hint = ""
@@ -361,8 +403,10 @@ def read_em_pt(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
     elif shape[0] == classes:
         mode = "classwise"
     else:
-        raise InputError(f"{path}: {shape[0]} perturbations, but {clean.name} has {n} images and {classes} classes; "
-                         f"expected {expected}")
+        raise InputError(
+            f"{path}: {shape[0]} perturbations, but {clean.name} has {n} images and {classes} classes; "
+            f"expected {expected}"
+        )
     bound = budget_pixels(eps)
     levels = np.empty((shape[0], h, w, c), np.int16)
     for start in range(0, shape[0], _ROWS):
@@ -375,8 +419,10 @@ def read_em_pt(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
         if worst > bound:
             advice = f"pass --eps {worst:g} if that is its budget" if worst <= 255 else "more than the pixel range"
             hint = " (all values >= 0: images rather than a perturbation?)" if block.min() >= 0 else ""
-            raise InputError(f"{path}: values reach {worst:g}/255, beyond the budget eps = {bound}/255; {advice} "
-                             f"(EM stores fractions of 255: 8/255 is 0.0314){hint}")
+            raise InputError(
+                f"{path}: values reach {worst:g}/255, beyond the budget eps = {bound}/255; {advice} "
+                f"(EM stores fractions of 255: 8/255 is 0.0314){hint}"
+            )
         levels[start : start + len(block)] = rounded
     if mode == "classwise":
         levels = levels[clean.labels]
@@ -393,8 +439,10 @@ def read_avatar_npz(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"data", "targets"} - set(archive.files)
             if missing:
-                raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))}; AVATAR's .npz holds "
-                                 "`data` (uint8 images) and `targets`")
+                raise InputError(
+                    f"{path}: missing array(s) {', '.join(sorted(missing))}; AVATAR's .npz holds "
+                    "`data` (uint8 images) and `targets`"
+                )
             data, targets = archive["data"], archive["targets"]
     except InputError:
         raise
@@ -414,6 +462,8 @@ def read_avatar_npz(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
         raise InputError(f"{path}: {targets.size} targets for {n} images")
     if not np.array_equal(targets, clean.labels):
         row = int(np.flatnonzero(targets != clean.labels)[0])
-        raise InputError(f"{path}: targets differ from the labels of {clean.name} (row {row}: {targets[row]} vs "
-                         f"{clean.labels[row]}); the rows must follow the clean set's order")
+        raise InputError(
+            f"{path}: targets differ from the labels of {clean.name} (row {row}: {targets[row]} vs "
+            f"{clean.labels[row]}); the rows must follow the clean set's order"
+        )
     return _finish(path, "avatar-npz", np.ascontiguousarray(data), clean, eps)

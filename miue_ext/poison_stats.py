@@ -6,6 +6,7 @@ All figures are computed from the integer perturbation stored in the poison file
 levels), so they are exact. L-inf is in 1/255 units (8 means 8/255); L2 is the Euclidean norm
 of the perturbation in [0, 1] pixel units over all H*W*C values of one image.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,35 +32,51 @@ def ssim(clean: np.ndarray, poisoned: np.ndarray) -> np.ndarray:
 
     window = min(7, clean.shape[1], clean.shape[2])
     window -= 1 - window % 2  # odd
-    return np.array([
-        structural_similarity(a, b, data_range=255, channel_axis=2, win_size=window)
-        for a, b in zip(clean, poisoned)
-    ])
+    return np.array(
+        [structural_similarity(a, b, data_range=255, channel_axis=2, win_size=window) for a, b in zip(clean, poisoned)]
+    )
 
 
 def _summary(values: np.ndarray) -> dict:
     finite = values[np.isfinite(values)]
-    return {"mean": float(finite.mean()) if finite.size else None,
-            "max": float(finite.max()) if finite.size else None,
-            "min": float(finite.min()) if finite.size else None}
+    return {
+        "mean": float(finite.mean()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
+        "min": float(finite.min()) if finite.size else None,
+    }
 
 
-def poison_statistics(clean: np.ndarray, poisoned: np.ndarray, perturbation: np.ndarray, labels: np.ndarray,
-                      bound: int, class_names: list[str] | None = None) -> dict:
+def poison_statistics(
+    clean: np.ndarray,
+    poisoned: np.ndarray,
+    perturbation: np.ndarray,
+    labels: np.ndarray,
+    bound: int,
+    class_names: list[str] | None = None,
+) -> dict:
     """Everything `miue stats` reports; `bound` is the budget in pixel levels."""
     linf, l2 = per_image_norms(perturbation)
     peak_snr, similarity = psnr(clean, poisoned), ssim(clean, poisoned)
     classes = []
     for label in np.unique(labels):
         rows = labels == label
-        classes.append({
-            "label": int(label), "name": class_names[label] if class_names and label < len(class_names) else str(label),
-            "count": int(rows.sum()), "linf_pixels": _summary(linf[rows]), "l2": _summary(l2[rows]),
-            "psnr_db": _summary(peak_snr[rows]), "ssim": _summary(similarity[rows]),
-        })
+        classes.append(
+            {
+                "label": int(label),
+                "name": class_names[label] if class_names and label < len(class_names) else str(label),
+                "count": int(rows.sum()),
+                "linf_pixels": _summary(linf[rows]),
+                "l2": _summary(l2[rows]),
+                "psnr_db": _summary(peak_snr[rows]),
+                "ssim": _summary(similarity[rows]),
+            }
+        )
     return {
-        "images": int(len(labels)), "linf_pixels": _summary(linf), "l2": _summary(l2),
-        "psnr_db": _summary(peak_snr), "unchanged_images": int(np.isinf(peak_snr).sum()),
+        "images": int(len(labels)),
+        "linf_pixels": _summary(linf),
+        "l2": _summary(l2),
+        "psnr_db": _summary(peak_snr),
+        "unchanged_images": int(np.isinf(peak_snr).sum()),
         "ssim": _summary(similarity),
         "mean_abs_pixels": float(np.abs(perturbation.astype(np.float64)).mean()),
         "fraction_at_budget": float((np.abs(perturbation.astype(np.int16)) == bound).mean()),
@@ -73,8 +90,16 @@ def amplified(perturbation: np.ndarray, bound: int) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def grid_image(clean: np.ndarray, poisoned: np.ndarray, perturbation: np.ndarray, labels: np.ndarray, bound: int,
-               columns: int, scale: int = 3, gap: int = 2) -> np.ndarray:
+def grid_image(
+    clean: np.ndarray,
+    poisoned: np.ndarray,
+    perturbation: np.ndarray,
+    labels: np.ndarray,
+    bound: int,
+    columns: int,
+    scale: int = 3,
+    gap: int = 2,
+) -> np.ndarray:
     """Rows: clean, poisoned, amplified perturbation; one column per class first (the first image
     of each), then further images in file order up to `columns`."""
     firsts = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]

@@ -7,6 +7,7 @@ rows, each quantising `rows` samples at a time (quantisation is cheap next to co
 Everything happens inside one atomic write: a crash leaves no partial file. Afterwards the file
 is read back the same way and checked against the clean images (budget and round trip).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def _write_member(archive: zipfile.ZipFile, name: str, array: np.ndarray) -> Non
         np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
 
-def save_poison_rows(path: str | os.PathLike, clean: np.ndarray, labels: np.ndarray, delta, eps: float,
-                     meta: dict, rows: int = ROWS) -> dict:
+def save_poison_rows(
+    path: str | os.PathLike, clean: np.ndarray, labels: np.ndarray, delta, eps: float, meta: dict, rows: int = ROWS
+) -> dict:
     """Quantise float `delta` ([N, H, W, C] fractions: tensor or array, read `rows` at a time)
     against uint8 `clean` and write the poison file atomically. Returns the perturbation's
     statistics (as generate's summary reports them)."""
@@ -50,17 +52,21 @@ def save_poison_rows(path: str | os.PathLike, clean: np.ndarray, labels: np.ndar
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, _header(clean.shape, dtype))
                 for start, part in iter_rows(delta, rows):
-                    poisoned, perturbation = quantize(np.asarray(clean[start:start + len(part)]), part, eps)
+                    poisoned, perturbation = quantize(np.asarray(clean[start : start + len(part)]), part, eps)
                     member.write((poisoned if name == "images" else perturbation).tobytes())
                     if name == "perturbation":
                         linf = max(linf, int(np.abs(perturbation).max(initial=0)))
                         changed += int(np.count_nonzero(perturbation))
                         flat = perturbation.reshape(len(part), -1).astype(np.float64) / 255
-                        l2[start:start + len(part)] = np.linalg.norm(flat, axis=1)
+                        l2[start : start + len(part)] = np.linalg.norm(flat, axis=1)
         _write_member(archive, "labels", np.asarray(labels, dtype=np.int64))
         _write_member(archive, "meta", np.asarray(json.dumps(meta, sort_keys=True)))
-    return {"linf_pixels": linf, "l2_mean": float(l2.mean()) if n else 0.0, "l2_max": float(l2.max(initial=0.0)),
-            "changed_fraction": changed / max(1, clean.size)}
+    return {
+        "linf_pixels": linf,
+        "l2_mean": float(l2.mean()) if n else 0.0,
+        "l2_max": float(l2.max(initial=0.0)),
+        "changed_fraction": changed / max(1, clean.size),
+    }
 
 
 def _open_member(archive: zipfile.ZipFile, name: str):
@@ -81,17 +87,26 @@ def verify_rows(path: str | os.PathLike, clean: np.ndarray, eps: float, rows: in
             perturbation, pert_shape, pert_dtype = _open_member(archive, "perturbation")
             with images, perturbation:
                 if shape != clean.shape or pert_shape != clean.shape or image_dtype != np.uint8:
-                    raise InputError(f"{path}: holds {image_dtype} {list(shape)} images and {list(pert_shape)} "
-                                     f"perturbation, expected uint8 {list(clean.shape)}")
+                    raise InputError(
+                        f"{path}: holds {image_dtype} {list(shape)} images and {list(pert_shape)} "
+                        f"perturbation, expected uint8 {list(clean.shape)}"
+                    )
                 row_values = int(np.prod(clean.shape[1:]))
                 for start in range(0, len(clean), rows):
                     count = min(rows, len(clean) - start)
                     got = np.frombuffer(images.read(count * row_values), dtype=np.uint8)
                     step = np.frombuffer(perturbation.read(count * row_values * pert_dtype.itemsize), dtype=pert_dtype)
-                    expected = np.clip(np.asarray(clean[start:start + count]).reshape(-1).astype(np.int16) + step, 0, 255)
-                    if got.size != expected.size or np.abs(step.astype(np.int16)).max(initial=0) > bound \
-                            or not np.array_equal(got, expected):
-                        raise InputError(f"{path}: read back wrong at rows {start}..{start + count - 1}; the file is "
-                                         f"damaged (disk full or failing?)")
+                    expected = np.clip(
+                        np.asarray(clean[start : start + count]).reshape(-1).astype(np.int16) + step, 0, 255
+                    )
+                    if (
+                        got.size != expected.size
+                        or np.abs(step.astype(np.int16)).max(initial=0) > bound
+                        or not np.array_equal(got, expected)
+                    ):
+                        raise InputError(
+                            f"{path}: read back wrong at rows {start}..{start + count - 1}; the file is "
+                            f"damaged (disk full or failing?)"
+                        )
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: cannot read back the poison file just written ({err})") from None

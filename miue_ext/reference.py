@@ -7,6 +7,7 @@
 * ``mi_ue_loss_authors``: the structure of the authors' released code (a [B, B, D] broadcast
   for the cosines, a per-row Python loop for the distances): the slow baseline.
 """
+
 import torch
 import torch.nn.functional as F
 

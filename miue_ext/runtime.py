@@ -3,6 +3,7 @@ a device's name for reports and logs, and the version stamp of reports and poiso
 
 A library module (the generation engine resolves devices too); the commands reach it through
 miue_ext.commands.common."""
+
 from __future__ import annotations
 
 import platform
@@ -44,5 +45,9 @@ def device_name(device, hardware_only: bool = False) -> str:
 
 def versions() -> dict:
     """The version stamp every report and poison file records."""
-    return {"miue_ext": getattr(miue_ext, "__version__", "unknown"), "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "miue_ext": getattr(miue_ext, "__version__", "unknown"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

@@ -6,6 +6,7 @@ runs they raise KeyboardInterrupt or Terminated so that cleanups run (StopSignal
 Only the standard library and miue_ext.errors are imported here: the package imports this module
 before torch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -154,7 +155,9 @@ class StopSignals:
         while not self.done.wait(self.REDELIVER_S):
             waited += self.REDELIVER_S
             if self.give_up and waited >= self.GIVE_UP_S:
-                what = "interrupted" if self.received == signal.SIGINT else f"terminated ({self.interrupt().signal_name})"
+                what = (
+                    "interrupted" if self.received == signal.SIGINT else f"terminated ({self.interrupt().signal_name})"
+                )
                 print(f"{self.prog}: {what}; no response for {self.GIVE_UP_S:g} s, stopped at once", file=sys.stderr)
                 end_process_now(128 + self.received)
             self.redelivered = True

@@ -10,6 +10,7 @@ Scenarios:
   die      rank 1 exits (code 3) when its first perturbation stage starts
   hang     rank 1 sleeps when its first perturbation stage starts
 """
+
 import os
 import sys
 import time

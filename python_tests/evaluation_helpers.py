@@ -3,6 +3,7 @@
 `run_command` runs a `miue` subcommand in-process: through miue_ext.cli once it is wired
 there, else through a parser built the same way (so the tests do not depend on the wiring
 order). The rest builds tiny data sets and poison files."""
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,9 @@ def write_tiny_data(folder, train: int = 64, test: int = 32, size: int = 16, cla
     return f"npz:{folder / 'train.npz'}", f"npz:{folder / 'test.npz'}"
 
 
-def write_poison(path, clean_images, labels, eps_pixels: int = 8, method: str = "miue", seed: int = 0,
-                 dataset: str = "train.npz"):
+def write_poison(
+    path, clean_images, labels, eps_pixels: int = 8, method: str = "miue", seed: int = 0, dataset: str = "train.npz"
+):
     """A poison file with class-wise constant noise at the budget (a crude shortcut)."""
     import numpy as np
 
@@ -80,8 +82,13 @@ def write_poison(path, clean_images, labels, eps_pixels: int = 8, method: str = 
     signs = rng.choice([-1.0, 1.0], size=(int(labels.max()) + 1, *clean_images.shape[1:]))
     delta = signs[labels] * eps_pixels / 255
     poisoned, perturbation = quantize(clean_images, delta, eps_pixels / 255)
-    save_poison(path, poisoned, labels, perturbation, {"eps": eps_pixels / 255, "method": method,
-                                                       "dataset": dataset, "surrogate": "smallcnn"})
+    save_poison(
+        path,
+        poisoned,
+        labels,
+        perturbation,
+        {"eps": eps_pixels / 255, "method": method, "dataset": dataset, "surrogate": "smallcnn"},
+    )
     return poisoned, perturbation
 
 

@@ -1,4 +1,5 @@
 """Shared by the generation, data, poison-file and CLI tests."""
+
 import pytest
 import torch
 
@@ -12,8 +13,9 @@ SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 def tiny_patches(n: int, offset: int = 0) -> ImageDataset:
     """The first n samples of `patches` (its order is interleaved: every class is present)."""
     full = load_dataset("patches")
-    return ImageDataset(full.images[offset : offset + n], full.labels[offset : offset + n], name="tiny",
-                        num_classes=full.num_classes)
+    return ImageDataset(
+        full.images[offset : offset + n], full.labels[offset : offset + n], name="tiny", num_classes=full.num_classes
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +33,25 @@ def on_off_on_runs(data: ImageDataset, option: str):
     the first two must agree bit for bit, the third must differ if the option does anything."""
     from miue_ext.generate import GenerationConfig, generate
 
-    config = dict(epochs=2, steps=2, batch_size=16, poison_batch_size=24, alpha_start=2 / 255, alpha_end=2 / 255,
-                  deterministic=True)
-    return [generate(data, GenerationConfig(**config, **{option: value}), device="cpu", model_name="smallcnn",
-                     log=lambda line: None) for value in (True, True, False)]
+    config = dict(
+        epochs=2,
+        steps=2,
+        batch_size=16,
+        poison_batch_size=24,
+        alpha_start=2 / 255,
+        alpha_end=2 / 255,
+        deterministic=True,
+    )
+    return [
+        generate(
+            data,
+            GenerationConfig(**config, **{option: value}),
+            device="cpu",
+            model_name="smallcnn",
+            log=lambda line: None,
+        )
+        for value in (True, True, False)
+    ]
 
 
 class Crash(Exception):
@@ -44,7 +61,9 @@ class Crash(Exception):
 def crash_at_epoch(epoch: int):
     """A `log` callback that crashes the run when epoch `epoch` starts, i.e. after the
     checkpoint of epoch - 1 and before epoch's own."""
+
     def log(line):
         if line.startswith(f"epoch {epoch}/"):
             raise Crash
+
     return log

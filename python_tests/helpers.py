@@ -1,18 +1,27 @@
 """Shared test helpers: compare a fused op with its float64 reference, value and gradient."""
+
 import torch
 
 import miue_ext.ops as ops
 import miue_ext.reference as reference
 
 LOSS_OPS = {
-    "mi_ue_loss": (lambda f, y, t, z, tile: ops.mi_ue_loss(f, y, t, z, tile_rows=tile),
-                   lambda f, y, t, z: reference.mi_ue_loss(f, y, t, z)),
-    "sim_loss": (lambda f, y, t, z, tile: ops.sim_loss(f, y, t, tile_rows=tile),
-                 lambda f, y, t, z: reference.sim_loss(f, y, t)),
-    "dist_loss": (lambda f, y, t, z, tile: ops.dist_loss(f, y, tile_rows=tile),
-                  lambda f, y, t, z: reference.dist_loss(f, y)),
-    "intra_class_cosine": (lambda f, y, t, z, tile: ops.intra_class_cosine(f, y),
-                           lambda f, y, t, z: reference.intra_class_cosine(f, y)),
+    "mi_ue_loss": (
+        lambda f, y, t, z, tile: ops.mi_ue_loss(f, y, t, z, tile_rows=tile),
+        lambda f, y, t, z: reference.mi_ue_loss(f, y, t, z),
+    ),
+    "sim_loss": (
+        lambda f, y, t, z, tile: ops.sim_loss(f, y, t, tile_rows=tile),
+        lambda f, y, t, z: reference.sim_loss(f, y, t),
+    ),
+    "dist_loss": (
+        lambda f, y, t, z, tile: ops.dist_loss(f, y, tile_rows=tile),
+        lambda f, y, t, z: reference.dist_loss(f, y),
+    ),
+    "intra_class_cosine": (
+        lambda f, y, t, z, tile: ops.intra_class_cosine(f, y),
+        lambda f, y, t, z: reference.intra_class_cosine(f, y),
+    ),
 }
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-4}
@@ -30,7 +39,8 @@ def assert_matches_reference(name, features, labels, temperature=0.1, zeta=0.1, 
     fused, ref = LOSS_OPS[name]
     value, grad = value_and_grad(lambda f: fused(f, labels, temperature, zeta, tile_rows), features)
     ref_value, ref_grad = value_and_grad(
-        lambda f: ref(f, labels.cpu(), temperature, zeta), features.detach().cpu().double())
+        lambda f: ref(f, labels.cpu(), temperature, zeta), features.detach().cpu().double()
+    )
     assert value.dtype == features.dtype and grad.dtype == features.dtype
     assert grad.shape == features.shape
     rtol = TOLERANCE[features.dtype]

@@ -1,5 +1,6 @@
 """`miue bench --quick` runs and prints its table; benchmarks/results_table.py turns a small
 pytest-benchmark JSON into markdown and a PNG; the floor and update providers do real work."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -98,26 +99,57 @@ def _entry(median, **extra):
 
 
 def test_report_turns_json_into_markdown_and_png(tmp_path):
-    loss = dict(kind="loss", op="mi_ue_loss", mode="fwd+bwd", B=512, D=512, C=10, features_bytes=2**20,
-                flops_floor=3 * 2 * 512**3, bytes_floor=2 * 2**20, peak_extra_bytes=3 * 2**20)
+    loss = dict(
+        kind="loss",
+        op="mi_ue_loss",
+        mode="fwd+bwd",
+        B=512,
+        D=512,
+        C=10,
+        features_bytes=2**20,
+        flops_floor=3 * 2 * 512**3,
+        bytes_floor=2 * 2**20,
+        peak_extra_bytes=3 * 2**20,
+    )
     benchmarks = [
         _entry(0.010, provider="fused", **loss),
         _entry(0.030, provider="eager", **loss),
         _entry(4.0, provider="authors", **loss),
         _entry(0.008, provider="floor", **{**loss, "peak_extra_bytes": 0}),
         _entry(0.100, provider="fused", **{**loss, "B": 2048}),
-        _entry(0.001, kind="update", op="pgd_update_", provider="fused", size="512x3x32x32",
-               elements=512 * 3072, bytes_moved=4 * 4 * 512 * 3072, peak_extra_bytes=0),
-        _entry(0.002, kind="ceiling", op="copy", provider="torch", elements=1 << 20, bytes_moved=8 << 20,
-               peak_extra_bytes=0),
-        _entry(0.010, kind="ceiling", op="matmul", provider="torch", n=1024, flops=2 * 1024**3,
-               peak_extra_bytes=0),
+        _entry(
+            0.001,
+            kind="update",
+            op="pgd_update_",
+            provider="fused",
+            size="512x3x32x32",
+            elements=512 * 3072,
+            bytes_moved=4 * 4 * 512 * 3072,
+            peak_extra_bytes=0,
+        ),
+        _entry(
+            0.002,
+            kind="ceiling",
+            op="copy",
+            provider="torch",
+            elements=1 << 20,
+            bytes_moved=8 << 20,
+            peak_extra_bytes=0,
+        ),
+        _entry(0.010, kind="ceiling", op="matmul", provider="torch", n=1024, flops=2 * 1024**3, peak_extra_bytes=0),
         _entry(1.0, kind="generation_step", op="generation_step", provider="fused_engine", batch=64),
         _entry(2.0, kind="generation_step", op="generation_step", provider="eager_authors", batch=64),
     ]
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"datetime": "2026-11-27", "benchmarks": benchmarks,
-                                "miue": {"device": "cpu", "device_name": "cpu", "commit": "abc", "threads": 2}}))
+    path.write_text(
+        json.dumps(
+            {
+                "datetime": "2026-11-27",
+                "benchmarks": benchmarks,
+                "miue": {"device": "cpu", "device_name": "cpu", "commit": "abc", "threads": 2},
+            }
+        )
+    )
     report = _load_report_module()
     markdown_path, png_path = tmp_path / "bench.md", tmp_path / "bench.png"
     assert report.main([str(path), "--markdown", str(markdown_path), "--png", str(png_path)]) == 0
@@ -131,17 +163,42 @@ def test_report_turns_json_into_markdown_and_png(tmp_path):
 
 def test_report_cuda_targets(tmp_path):
     """The CUDA targets: speed-ups at B=D=512, update bandwidth against the copy, generation step."""
-    loss = dict(kind="loss", op="mi_ue_loss", mode="fwd+bwd", B=512, D=512, C=10, features_bytes=2**20,
-                flops_floor=3 * 2 * 512**3, bytes_floor=2 * 2**20, peak_extra_bytes=2**20)
+    loss = dict(
+        kind="loss",
+        op="mi_ue_loss",
+        mode="fwd+bwd",
+        B=512,
+        D=512,
+        C=10,
+        features_bytes=2**20,
+        flops_floor=3 * 2 * 512**3,
+        bytes_floor=2 * 2**20,
+        peak_extra_bytes=2**20,
+    )
     elements = 1 << 26
     benchmarks = [
         _entry(1e-4, provider="fused", **loss),
         _entry(6e-4, provider="eager", **loss),
         _entry(1.5e-4, provider="compiled", **loss),
-        _entry(0.4e-3, kind="update", op="pgd_update_", provider="fused", size=str(elements), elements=elements,
-               bytes_moved=16 * elements, peak_extra_bytes=0),
-        _entry(0.1e-3, kind="ceiling", op="copy", provider="torch", elements=1 << 26, bytes_moved=2 * 4 << 26,
-               peak_extra_bytes=0),
+        _entry(
+            0.4e-3,
+            kind="update",
+            op="pgd_update_",
+            provider="fused",
+            size=str(elements),
+            elements=elements,
+            bytes_moved=16 * elements,
+            peak_extra_bytes=0,
+        ),
+        _entry(
+            0.1e-3,
+            kind="ceiling",
+            op="copy",
+            provider="torch",
+            elements=1 << 26,
+            bytes_moved=2 * 4 << 26,
+            peak_extra_bytes=0,
+        ),
         _entry(0.02, kind="ceiling", op="matmul", provider="torch", n=8192, flops=2 * 8192**3, peak_extra_bytes=0),
         _entry(0.1, kind="generation_step", op="generation_step", provider="fused_engine", batch=512),
         _entry(0.4, kind="generation_step", op="generation_step", provider="eager_authors", batch=512),

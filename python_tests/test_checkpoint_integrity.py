@@ -2,6 +2,7 @@
 continues from it (each problem one line naming the file), the surrogate is part of the
 settings, stale temporary files of a killed write are cleaned up, an unusable checkpoint folder
 is refused before epoch 1, and no message advises loading pickles."""
+
 import io
 import json
 import os
@@ -22,8 +23,19 @@ from generate_helpers import Crash, crash_at_epoch, single_threaded, tiny_patche
 
 N = 40
 EPOCHS = 3
-CLI_QUICK = ["--max-samples", "20", "--epochs", "1", "--steps", "1", "--no-progress", "--device", "cpu",
-             "--model", "smallcnn"]
+CLI_QUICK = [
+    "--max-samples",
+    "20",
+    "--epochs",
+    "1",
+    "--steps",
+    "1",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--model",
+    "smallcnn",
+]
 
 
 def config(**overrides):
@@ -172,24 +184,28 @@ def test_sharded_checkpoint_shards_are_checksummed_too(ckpt, tmp_path, group_of_
 def _set_rng(key, value):
     def change(state):
         state["rng"][key] = value
+
     return change
 
 
 def _rows(count):
     def change(state):
         state["delta"] = state["delta"][:count].clone()
+
     return change
 
 
 def _set(key, value):
     def change(state):
         state[key] = value
+
     return change
 
 
 def _delete(key):
     def change(state):
         del state[key]
+
     return change
 
 
@@ -253,15 +269,23 @@ def test_resume_with_another_model_is_refused(ckpt):
 
 def test_resume_with_another_feature_layer_is_refused(ckpt):
     """Before: accepted silently (the features, hence the objective, change mid-run)."""
-    one_line_input_error(ckpt, "checkpoint has feature_layer=None, this run feature_layer='stage3'",
-                         feature_layer="stage3")
+    one_line_input_error(
+        ckpt, "checkpoint has feature_layer=None, this run feature_layer='stage3'", feature_layer="stage3"
+    )
 
 
 def test_the_same_model_given_as_a_module_still_resumes(ckpt, made):
     from miue_ext.models import SmallCNN
 
-    resumed = generate(tiny_patches(N), config(), model=SmallCNN(8, 3), device="cpu", checkpoint_dir=ckpt,
-                       resume=True, log=lambda line: None)
+    resumed = generate(
+        tiny_patches(N),
+        config(),
+        model=SmallCNN(8, 3),
+        device="cpu",
+        checkpoint_dir=ckpt,
+        resume=True,
+        log=lambda line: None,
+    )
     assert torch.equal(resumed.delta, made[1])
 
 
@@ -271,8 +295,10 @@ def test_resume_with_another_model_from_the_command_line_is_one_line(tmp_path, c
     assert main(argv) == 0
     out.unlink()
     capsys.readouterr()
-    for option, message in ((["--model", "resnet18"], "this run model='resnet18'"),
-                            (["--feature-layer", "stage2"], "this run feature_layer='stage2'")):
+    for option, message in (
+        (["--model", "resnet18"], "this run model='resnet18'"),
+        (["--feature-layer", "stage2"], "this run feature_layer='stage2'"),
+    ):
         assert main([*argv, "--resume", *option]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
@@ -281,8 +307,15 @@ def test_resume_with_another_model_from_the_command_line_is_one_line(tmp_path, c
 
 # --- 4. stale temporary files --------------------------------------------------------------------
 STALE = [".checkpoint.pt.ab12cd_9.tmp", ".manifest.json.zz99yy88.tmp", ".epoch0002-rank1-of2.pt.q1w2e3r4.tmp"]
-KEPT = ["notes.txt", ".notes.txt.ab12cd34.tmp", ".checkpoint.pt.bak", "checkpoint.pt.ab12cd34.tmp",
-        ".checkpoint.pt.tmp", ".checkpoint.pt.ab12cd345.tmp", ".checkpoint.pt.AB12CD34.tmp"]
+KEPT = [
+    "notes.txt",
+    ".notes.txt.ab12cd34.tmp",
+    ".checkpoint.pt.bak",
+    "checkpoint.pt.ab12cd34.tmp",
+    ".checkpoint.pt.tmp",
+    ".checkpoint.pt.ab12cd345.tmp",
+    ".checkpoint.pt.AB12CD34.tmp",
+]
 
 
 @pytest.mark.parametrize("resume", [False, True], ids=["start", "resume"])
@@ -334,8 +367,10 @@ def test_checkpoint_dir_that_is_a_file_from_the_command_line(tmp_path, capsys, u
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root writes into read-only folders, so there is nothing to refuse")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root writes into read-only folders, so there is nothing to refuse",
+)
 def test_read_only_checkpoint_dir_is_refused_before_epoch_1(tmp_path, capsys):
     folder = tmp_path / "ro"
     folder.mkdir()

@@ -1,4 +1,5 @@
 """The `miue` CLI: end to end on tiny data, bad inputs (exit 2, one line, no output), kill -9 + --resume."""
+
 import os
 import signal
 import subprocess
@@ -15,8 +16,21 @@ from miue_ext.poison_file import load_poison
 
 from generate_helpers import SINGLE_THREAD_ENV, single_threaded  # noqa: F401  (autouse fixture)
 
-TINY = ["--max-samples", "48", "--epochs", "2", "--steps", "2", "--batch-size", "16",
-        "--poison-batch-size", "24", "--no-progress", "--device", "cpu"]
+TINY = [
+    "--max-samples",
+    "48",
+    "--epochs",
+    "2",
+    "--steps",
+    "2",
+    "--batch-size",
+    "16",
+    "--poison-batch-size",
+    "24",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def test_generate_then_export_end_to_end(tmp_path, capsys):
@@ -58,26 +72,32 @@ def _bad_npz(tmp_path):
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data", "npz:{tmp}/missing.npz"], "no such file"),
-    (["--data", "npz:{tmp}/corrupt.npz"], "not a readable .npz"),
-    (["--data", "npz:{tmp}/mismatch.npz"], "3 labels for 4 images"),
-    (["--data", "imagefolder:{tmp}/nodir"], "no such directory"),
-    (["--data", "mnist"], "unknown data set"),
-    (["--eps", "0"], "--eps must be in (0, 255]"),
-    (["--eps", "256"], "--eps must be in (0, 255]"),
-    (["--epochs", "0"], "epochs must be >= 1"),
-    (["--steps", "-1"], "steps must be >= 1"),
-    (["--alpha", "a:b"], "--alpha must be"),
-    (["--model", "vgg"], "unknown model"),
-    (["--feature-layer", "nope"], "has no layer named 'nope'"),
-    (["--out", "{tmp}/no/such/dir/p.npz"], "cannot write --out"),
-    (["--out", "{tmp}"], "cannot write --out"),
-    (["--epochs", "many"], "invalid int value"),
-    (["--max-samples", "0"], "--max-samples must be >= 1"),
-    pytest.param(["--device", "cuda"], "no CUDA device",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "npz:{tmp}/missing.npz"], "no such file"),
+        (["--data", "npz:{tmp}/corrupt.npz"], "not a readable .npz"),
+        (["--data", "npz:{tmp}/mismatch.npz"], "3 labels for 4 images"),
+        (["--data", "imagefolder:{tmp}/nodir"], "no such directory"),
+        (["--data", "mnist"], "unknown data set"),
+        (["--eps", "0"], "--eps must be in (0, 255]"),
+        (["--eps", "256"], "--eps must be in (0, 255]"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--steps", "-1"], "steps must be >= 1"),
+        (["--alpha", "a:b"], "--alpha must be"),
+        (["--model", "vgg"], "unknown model"),
+        (["--feature-layer", "nope"], "has no layer named 'nope'"),
+        (["--out", "{tmp}/no/such/dir/p.npz"], "cannot write --out"),
+        (["--out", "{tmp}"], "cannot write --out"),
+        (["--epochs", "many"], "invalid int value"),
+        (["--max-samples", "0"], "--max-samples must be >= 1"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present"),
+        ),
+    ],
+)
 def test_bad_inputs_exit_2_with_one_line_and_no_output(tmp_path, capsys, args, message):
     _bad_npz(tmp_path)
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -115,13 +135,35 @@ def _cli(*args):
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     """A real SIGKILL mid-run, then --resume: the same poison as a run never interrupted."""
-    common = ["--max-samples", "96", "--epochs", "8", "--steps", "2", "--batch-size", "32",
-              "--poison-batch-size", "48", "--device", "cpu", "--deterministic", "--no-progress",
-              "--checkpoint-every", "1", "--seed", "7"]
+    common = [
+        "--max-samples",
+        "96",
+        "--epochs",
+        "8",
+        "--steps",
+        "2",
+        "--batch-size",
+        "32",
+        "--poison-batch-size",
+        "48",
+        "--device",
+        "cpu",
+        "--deterministic",
+        "--no-progress",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "7",
+    ]
     ckpt_dir = tmp_path / "ckpt"
     env = {**os.environ, **SINGLE_THREAD_ENV}
-    killed = subprocess.Popen(_cli(*common, "--out", str(tmp_path / "killed.npz"), "--checkpoint-dir", str(ckpt_dir)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    killed = subprocess.Popen(
+        _cli(*common, "--out", str(tmp_path / "killed.npz"), "--checkpoint-dir", str(ckpt_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while not (ckpt_dir / "checkpoint.pt").exists():  # wait for the first checkpoint
         assert killed.poll() is None, killed.stdout.read()
@@ -131,8 +173,13 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
     assert killed.wait() == -signal.SIGKILL  # it was still running: a real mid-run kill
     assert not (tmp_path / "killed.npz").exists()
 
-    resumed = subprocess.run(_cli(*common, "--out", str(tmp_path / "killed.npz"), "--checkpoint-dir",
-                                  str(ckpt_dir), "--resume"), capture_output=True, text=True, timeout=300, env=env)
+    resumed = subprocess.run(
+        _cli(*common, "--out", str(tmp_path / "killed.npz"), "--checkpoint-dir", str(ckpt_dir), "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "epoch 8/8" in resumed.stdout
     assert main([*_cli(*common)[3:], "--out", str(tmp_path / "straight.npz")]) == 0
@@ -170,8 +217,10 @@ def test_evaluate_refuses_torchrun(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "report").exists()
 
 
-@pytest.mark.parametrize("epochs, eps, start", [(100, 8, 0.2), (200, 8, 0.2), (20, 8, 1.0), (10, 8, 2.0), (1, 8, 2.0),
-                                                (1, 32, 8.0), (20, 2, 0.5)])
+@pytest.mark.parametrize(
+    "epochs, eps, start",
+    [(100, 8, 0.2), (200, 8, 0.2), (20, 8, 1.0), (10, 8, 2.0), (1, 8, 2.0), (1, 32, 8.0), (20, 2, 0.5)],
+)
 def test_alpha_auto_scales_the_first_step_to_the_run(epochs, eps, start):
     """auto = the paper's schedule at 100 epochs (or more); shorter runs start 100/E times bigger,
     at most eps / 4, and every schedule ends at the paper's 4/(255 K)."""

@@ -1,6 +1,7 @@
 """How `miue` ends when a run does not succeed: SIGTERM and Ctrl-C (also while torch loads), a
 full disk, a symbolic link as the output, a corrupt victim, a bug. Always one line on stderr,
 `miue COMMAND: ...`, the documented exit code, and no partial output."""
+
 import errno
 import io
 import os
@@ -20,14 +21,33 @@ from miue_ext.errors import InputError, NonFiniteLossError, OutputError
 from evaluation_helpers import colour_classes, write_poison, write_tiny_data
 from generate_helpers import SINGLE_THREAD_ENV, single_threaded  # noqa: F401  (autouse fixture)
 
-TINY = ["--max-samples", "48", "--epochs", "2", "--steps", "2", "--batch-size", "16",
-        "--poison-batch-size", "24", "--no-progress", "--device", "cpu"]
+TINY = [
+    "--max-samples",
+    "48",
+    "--epochs",
+    "2",
+    "--steps",
+    "2",
+    "--batch-size",
+    "16",
+    "--poison-batch-size",
+    "24",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 
 
 def _miue(*args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "miue_ext", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **SINGLE_THREAD_ENV}, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "miue_ext", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **SINGLE_THREAD_ENV},
+        **popen,
+    )
 
 
 def _tiny_poison(folder, n=12):
@@ -38,10 +58,27 @@ def _tiny_poison(folder, n=12):
 
 # --- SIGTERM and Ctrl-C ---------------------------------------------------------------------
 
+
 def test_sigterm_mid_generate_is_one_line_exit_143_and_leaves_no_output(tmp_path):
     out, ckpt = tmp_path / "p.npz", tmp_path / "p.npz.ckpt"
-    run = _miue("generate", "--max-samples", "96", "--epochs", "200", "--steps", "2", "--batch-size", "32",
-                "--poison-batch-size", "48", "--device", "cpu", "--no-progress", "--out", str(out))
+    run = _miue(
+        "generate",
+        "--max-samples",
+        "96",
+        "--epochs",
+        "200",
+        "--steps",
+        "2",
+        "--batch-size",
+        "32",
+        "--poison-batch-size",
+        "48",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
     deadline = time.monotonic() + 120
     while not (ckpt / "checkpoint.pt").exists():  # well into the run: the first checkpoint is written
         assert run.poll() is None, run.communicate()
@@ -50,8 +87,10 @@ def test_sigterm_mid_generate_is_one_line_exit_143_and_leaves_no_output(tmp_path
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 128 + signal.SIGTERM, err
-    assert err == (f"miue generate: terminated (SIGTERM); the last checkpoint is in {ckpt} "
-                   "(run the same command with --resume to continue)\n")
+    assert err == (
+        f"miue generate: terminated (SIGTERM); the last checkpoint is in {ckpt} "
+        "(run the same command with --resume to continue)\n"
+    )
     assert os.listdir(tmp_path) == ["p.npz.ckpt"]  # no poison file, no temporary file
     assert not [name for name in os.listdir(ckpt) if name.endswith(".tmp")]
 
@@ -131,8 +170,13 @@ sys.exit(cli.main())
 
 def test_a_run_stuck_in_cpp_stops_soon_after_sigterm():
     """What torchrun needs from a rank waiting on a dead peer: SIGTERM ends it within seconds."""
-    run = subprocess.Popen([sys.executable, "-c", STUCK_IN_CPP], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, env={**os.environ, **SINGLE_THREAD_ENV})
+    run = subprocess.Popen(
+        [sys.executable, "-c", STUCK_IN_CPP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **SINGLE_THREAD_ENV},
+    )
     assert run.stdout.readline() == "started\n"
     time.sleep(0.5)  # let it reach the sleep: a signal while it still runs Python is handled at once
     started = time.monotonic()
@@ -153,6 +197,7 @@ def test_ctrl_c_while_torch_loads_is_one_line_exit_130(delay):
 
 
 # --- a full disk ----------------------------------------------------------------------------
+
 
 class _FullDisk(io.FileIO):
     """An open file on a full disk: half of the first write lands, then ENOSPC (no file name)."""
@@ -187,8 +232,10 @@ def test_full_disk_writing_the_poison_file(tmp_path, monkeypatch, capsys):
     _disk_full_for(monkeypatch, "p.npz")
     assert main(["generate", *TINY, "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err == (f"miue generate: error: {out}: {NO_SPACE}; the last checkpoint is in {ckpt} "
-                   "(run the same command with --resume to continue)\n")
+    assert err == (
+        f"miue generate: error: {out}: {NO_SPACE}; the last checkpoint is in {ckpt} "
+        "(run the same command with --resume to continue)\n"
+    )
     assert os.listdir(tmp_path) == ["p.npz.ckpt"]  # no partial poison file, no temporary file
 
 
@@ -243,15 +290,36 @@ def test_full_disk_writing_an_evaluation_report(tmp_path, report, monkeypatch, c
     real_save, out = torch.save, tmp_path / "eval"
     monkeypatch.setattr(torch, "save", lambda obj, path, *a, **k: real_save(obj, "/dev/full", *a, **k))
     data = report.parent  # the fixture's tiny data sets
-    assert main(["evaluate", "--poison", "clean", "--data", f"npz:{data / 'train.npz'}", "--test-data",
-                 f"npz:{data / 'test.npz'}",
-                 "--model", "smallcnn", "--epochs", "1", "--batch-size", "16", "--no-progress", "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--poison",
+                "clean",
+                "--data",
+                f"npz:{data / 'train.npz'}",
+                "--test-data",
+                f"npz:{data / 'test.npz'}",
+                "--model",
+                "smallcnn",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err == f"miue evaluate: error: cannot write {out}: torch.save failed (is the disk full?)\n"
     assert os.listdir(tmp_path) == []
 
 
 # --- a symbolic link as the output ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("slash", ["", "/"])
 def test_export_refuses_a_dangling_symlink(tmp_path, capsys, slash):
@@ -265,6 +333,7 @@ def test_export_refuses_a_dangling_symlink(tmp_path, capsys, slash):
 
 # --- a corrupt victim -----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
@@ -272,9 +341,29 @@ def report(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["evaluate", "--poison", "clean", "--data", train_spec, "--test-data", test_spec, "--model",
-                     "smallcnn", "--epochs", "1", "--batch-size", "16", "--no-progress",
-                     "--out", str(folder / "eval")]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--poison",
+                    "clean",
+                    "--data",
+                    train_spec,
+                    "--test-data",
+                    test_spec,
+                    "--model",
+                    "smallcnn",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "16",
+                    "--no-progress",
+                    "--out",
+                    str(folder / "eval"),
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     return folder / "eval"
@@ -286,17 +375,33 @@ def test_mi_refuses_a_corrupt_victim(tmp_path, report, capsys, damage):
     shutil.copytree(report, folder)
     victim = folder / "victim.pt"
     good = victim.read_bytes()
-    victim.write_bytes({"random": np.random.default_rng(0).bytes(len(good)), "truncated": good[: len(good) // 2],
-                        "empty": b""}[damage])
+    victim.write_bytes(
+        {"random": np.random.default_rng(0).bytes(len(good)), "truncated": good[: len(good) // 2], "empty": b""}[damage]
+    )
     capsys.readouterr()
-    assert main(["mi", str(folder), "--projections", "4", "--samples", "64", "--no-progress",
-                 "--out", str(tmp_path / "mi.json")]) == 2
+    assert (
+        main(
+            [
+                "mi",
+                str(folder),
+                "--projections",
+                "4",
+                "--samples",
+                "64",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "mi.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"miue mi: error: {victim}: not a readable smallcnn victim") and err.count("\n") == 1
     assert "weights_only" not in err and not (tmp_path / "mi.json").exists()
 
 
 # --- the last-resort boundary ---------------------------------------------------------------
+
 
 def _export_running(monkeypatch, run):
     from miue_ext.commands import export
@@ -315,8 +420,9 @@ def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
     monkeypatch.delenv("MIUE_DEBUG", raising=False)
     _export_raising(monkeypatch, ZeroDivisionError("boom\n  on two lines"))
     assert main(["export", "a.npz", "b"]) == 1
-    assert capsys.readouterr().err == ("miue export: internal error: ZeroDivisionError: boom on two lines "
-                                       "(run with MIUE_DEBUG=1 for the traceback)\n")
+    assert capsys.readouterr().err == (
+        "miue export: internal error: ZeroDivisionError: boom on two lines (run with MIUE_DEBUG=1 for the traceback)\n"
+    )
 
 
 def test_miue_debug_shows_the_traceback(monkeypatch, capsys):
@@ -328,14 +434,24 @@ def test_miue_debug_shows_the_traceback(monkeypatch, capsys):
     assert err.endswith("\nmiue export: internal error: KeyError: 'x'\n")
 
 
-@pytest.mark.parametrize("error, code, line", [
-    (InputError("bad --eps"), 2, "miue export: error: bad --eps"),
-    (NonFiniteLossError("non-finite loss"), 1, "miue export: error: non-finite loss"),
-    (OutputError("cannot write b: disk quota exceeded"), 1, "miue export: error: cannot write b: disk quota exceeded"),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "f.txt"), 1,
-     "miue export: error: f.txt: No such file or directory"),
-    (KeyboardInterrupt(), 130, "miue export: interrupted"),
-])
+@pytest.mark.parametrize(
+    "error, code, line",
+    [
+        (InputError("bad --eps"), 2, "miue export: error: bad --eps"),
+        (NonFiniteLossError("non-finite loss"), 1, "miue export: error: non-finite loss"),
+        (
+            OutputError("cannot write b: disk quota exceeded"),
+            1,
+            "miue export: error: cannot write b: disk quota exceeded",
+        ),
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "f.txt"),
+            1,
+            "miue export: error: f.txt: No such file or directory",
+        ),
+        (KeyboardInterrupt(), 130, "miue export: interrupted"),
+    ],
+)
 def test_known_errors_keep_their_exit_codes(monkeypatch, capsys, error, code, line):
     monkeypatch.delenv("MIUE_DEBUG", raising=False)
     _export_raising(monkeypatch, error)
@@ -352,16 +468,17 @@ def test_usage_errors_still_exit_2(capsys):
 def test_a_library_import_interrupted_keeps_pythons_keyboardinterrupt():
     """Only the command defers a Ctrl-C during `import torch` to one line; a program that
     imports the package gets its KeyboardInterrupt as usual."""
-    code = ("import builtins, sys\n"
-            "real = builtins.__import__\n"
-            "def stop(name, *a, **k):\n"
-            "    if name == 'torch': raise KeyboardInterrupt\n"
-            "    return real(name, *a, **k)\n"
-            "builtins.__import__ = stop\n"
-            "try:\n"
-            "    import miue_ext\n"
-            "except KeyboardInterrupt:\n"
-            "    print('raised')\n")
+    code = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def stop(name, *a, **k):\n"
+        "    if name == 'torch': raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = stop\n"
+        "try:\n"
+        "    import miue_ext\n"
+        "except KeyboardInterrupt:\n"
+        "    print('raised')\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout == "raised\n", run.stderr
-

@@ -1,4 +1,5 @@
 """Data sets: the embedded ones are fixed and well-formed; user files are read faithfully or refused clearly."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -63,14 +64,17 @@ def test_npz_order_preserved(tmp_path):
     assert data.num_classes == 4 and data.labels.dtype == np.int64
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    (b"this is not a zip archive", "not a readable .npz"),
-    ({"images": np.zeros((3, 4, 4, 3), np.uint8), "labels": np.zeros(2, np.int64)}, "2 labels for 3 images"),
-    ({"images": np.zeros((3, 4, 4, 3), np.float32), "labels": np.zeros(3, np.int64)}, "must be uint8"),
-    ({"images": np.zeros((3, 4, 4, 3), np.uint8)}, "missing array(s) labels"),
-    ({"images": np.zeros((2, 4, 4, 3), np.uint8), "labels": np.array([0, -1])}, "labels must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (b"this is not a zip archive", "not a readable .npz"),
+        ({"images": np.zeros((3, 4, 4, 3), np.uint8), "labels": np.zeros(2, np.int64)}, "2 labels for 3 images"),
+        ({"images": np.zeros((3, 4, 4, 3), np.float32), "labels": np.zeros(3, np.int64)}, "must be uint8"),
+        ({"images": np.zeros((3, 4, 4, 3), np.uint8)}, "missing array(s) labels"),
+        ({"images": np.zeros((2, 4, 4, 3), np.uint8), "labels": np.array([0, -1])}, "labels must be >= 0"),
+    ],
+)
 def test_npz_bad_inputs(tmp_path, content, message):
     path = tmp_path / "bad.npz"
     if isinstance(content, bytes):

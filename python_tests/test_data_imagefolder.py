@@ -1,6 +1,7 @@
 """Image folders of mixed sizes and formats: resized and centre-cropped exactly as documented,
 decoded once into a memory-mapped cache that is reused, invalidated and rebuilt correctly; the
 named layouts (tiny-imagenet, imagenet100, mini-imagenet) read from local folders."""
+
 import argparse
 import json
 import os
@@ -63,8 +64,16 @@ def _mixed_folder(root) -> list[str]:
     (root / "a_photos" / "notes.txt").write_text("not an image")
     (root / "a_photos" / "._1_photo.jpg").write_bytes(b"macOS resource fork")
     (root / ".ipynb_checkpoints").mkdir()
-    return ["a_photos/1_photo.jpg", "a_photos/2_photo.png", "a_photos/3_photo.webp", "a_photos/4_exif.jpg",
-            "b_modes/grey.png", "b_modes/grey16.png", "b_modes/palette.png", "b_modes/rgba.png"]
+    return [
+        "a_photos/1_photo.jpg",
+        "a_photos/2_photo.png",
+        "a_photos/3_photo.webp",
+        "a_photos/4_exif.jpg",
+        "b_modes/grey.png",
+        "b_modes/grey16.png",
+        "b_modes/palette.png",
+        "b_modes/rgba.png",
+    ]
 
 
 def _load(root, cache, size=12, **kwargs) -> ImageDataset:
@@ -90,6 +99,7 @@ def _no_decoding(monkeypatch) -> None:
 
 
 # --- resizing, cropping, colour modes, order -----------------------------------------------------
+
 
 def test_mixed_folder_matches_an_independent_pil_computation(tmp_path):
     paths = _mixed_folder(tmp_path / "data")
@@ -149,6 +159,7 @@ def test_one_size_folder_without_image_size_stays_in_memory_with_paths(tmp_path)
 
 # --- the cache -----------------------------------------------------------------------------------
 
+
 def test_cache_is_memory_mapped_and_reused_without_decoding(tmp_path, monkeypatch):
     _mixed_folder(tmp_path / "data")
     calls = _count_decodes(monkeypatch)
@@ -158,7 +169,9 @@ def test_cache_is_memory_mapped_and_reused_without_decoding(tmp_path, monkeypatc
     _no_decoding(monkeypatch)
     second = _load(tmp_path / "data", tmp_path / "cache")
     assert np.array_equal(first.images, second.images) and second.relative_paths == first.relative_paths
-    assert isinstance(second.prefix(3).images, np.memmap) and second.prefix(3).relative_paths == first.relative_paths[:3]
+    assert (
+        isinstance(second.prefix(3).images, np.memmap) and second.prefix(3).relative_paths == first.relative_paths[:3]
+    )
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == [".json", ".npy"]
 
 
@@ -206,8 +219,20 @@ def _corrupt(npy, sidecar, how: str) -> None:
         npy.unlink()
 
 
-@pytest.mark.parametrize("how", ["sidecar not json", "sidecar other labels", "sidecar other version", "npy truncated",
-                                 "npy longer", "npy other shape", "npy other dtype", "npy not npy", "npy missing"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "sidecar not json",
+        "sidecar other labels",
+        "sidecar other version",
+        "npy truncated",
+        "npy longer",
+        "npy other shape",
+        "npy other dtype",
+        "npy not npy",
+        "npy missing",
+    ],
+)
 def test_a_corrupt_cache_is_rebuilt_never_trusted(tmp_path, monkeypatch, how):
     _mixed_folder(tmp_path / "data")
     good = np.array(_load(tmp_path / "data", tmp_path / "cache").images)
@@ -268,13 +293,16 @@ def test_cache_folder_choice_and_space(tmp_path, monkeypatch, default_cache):
 
 # --- arguments -----------------------------------------------------------------------------------
 
+
 def test_size_arguments_are_checked(tmp_path):
     _mixed_folder(tmp_path / "data")
     spec = f"imagefolder:{tmp_path / 'data'}"
-    for kwargs, message in [({"image_size": 4}, "--image-size must be a whole number of pixels from 8 to 4096, got 4"),
-                            ({"image_size": 12.5}, "got 12.5"),
-                            ({"image_size": 16, "resize_to": 12}, "--resize-to 12 is smaller than --image-size 16"),
-                            ({"resize_to": 16}, "--resize-to needs --image-size")]:
+    for kwargs, message in [
+        ({"image_size": 4}, "--image-size must be a whole number of pixels from 8 to 4096, got 4"),
+        ({"image_size": 12.5}, "got 12.5"),
+        ({"image_size": 16, "resize_to": 12}, "--resize-to 12 is smaller than --image-size 16"),
+        ({"resize_to": 16}, "--resize-to needs --image-size"),
+    ]:
         with pytest.raises(InputError, match=message):
             load_dataset(spec, **kwargs)
     with pytest.raises(InputError, match="patches-train: images are 32x32, not the --image-size 16x16"):
@@ -289,11 +317,16 @@ def test_cli_options_become_load_arguments():
     args = parser.parse_args(["--image-size", "64", "--cache-dir", "/x", "--no-progress"])
     assert load_kwargs(args) == {"image_size": 64, "resize_to": None, "cache_dir": "/x", "progress": False}
     assert load_kwargs(parser.parse_args([]))["progress"] is True
-    assert load_kwargs(argparse.Namespace(), progress=False) == {"image_size": None, "resize_to": None,
-                                                                 "cache_dir": None, "progress": False}
+    assert load_kwargs(argparse.Namespace(), progress=False) == {
+        "image_size": None,
+        "resize_to": None,
+        "cache_dir": None,
+        "progress": False,
+    }
 
 
 # --- named layouts -------------------------------------------------------------------------------
+
 
 def _tiny_imagenet(root, annotations: str | None = None) -> None:
     for k, wnid in enumerate(("n02", "n01")):
@@ -305,7 +338,8 @@ def _tiny_imagenet(root, annotations: str | None = None) -> None:
     for i in range(3):
         Image.fromarray(_photo(2 + i, 64, 64)).save(root / "val" / "images" / f"val_{i}.JPEG")
     (root / "val" / "val_annotations.txt").write_text(
-        annotations or "val_0.JPEG\tn02\t0\t0\t10\t10\nval_1.JPEG\tn01\t1\t1\t9\t9\nval_2.JPEG\tn02\t0\t0\t5\t5\n")
+        annotations or "val_0.JPEG\tn02\t0\t0\t10\t10\nval_1.JPEG\tn01\t1\t1\t9\t9\nval_2.JPEG\tn02\t0\t0\t5\t5\n"
+    )
 
 
 def test_tiny_imagenet_layout_with_val_annotations(tmp_path):
@@ -313,8 +347,12 @@ def test_tiny_imagenet_layout_with_val_annotations(tmp_path):
     train = load_dataset(f"tiny-imagenet:{tmp_path / 'tiny'}", "train", cache_dir=tmp_path / "cache")
     test = load_dataset(f"tiny-imagenet:{tmp_path / 'tiny'}", "test", cache_dir=tmp_path / "cache")
     assert train.images.shape == (4, 64, 64, 3) and train.class_names == ["n01", "n02"]
-    assert train.relative_paths == ["n01/images/n01_0.JPEG", "n01/images/n01_1.JPEG", "n02/images/n02_0.JPEG",
-                                    "n02/images/n02_1.JPEG"] and train.labels.tolist() == [0, 0, 1, 1]
+    assert train.relative_paths == [
+        "n01/images/n01_0.JPEG",
+        "n01/images/n01_1.JPEG",
+        "n02/images/n02_0.JPEG",
+        "n02/images/n02_1.JPEG",
+    ] and train.labels.tolist() == [0, 0, 1, 1]
     assert train.name == "tiny-imagenet-train" and test.name == "tiny-imagenet-test"
     assert test.relative_paths == ["images/val_0.JPEG", "images/val_1.JPEG", "images/val_2.JPEG"]
     assert test.labels.tolist() == [1, 0, 1] and test.num_classes == 2
@@ -322,12 +360,15 @@ def test_tiny_imagenet_layout_with_val_annotations(tmp_path):
         assert np.array_equal(test.images[1], np.asarray(img.convert("RGB")))
 
 
-@pytest.mark.parametrize("annotations, message", [
-    ("val_0.JPEG\tn02\nval_1.JPEG\tn01\n", r"val_2\.JPEG: not listed in .*val_annotations\.txt"),
-    ("val_0.JPEG\tn02\nval_1.JPEG\tn09\nval_2.JPEG\tn01\n", r"val_annotations\.txt:2: class 'n09' has no folder"),
-    ("val_0.JPEG\tn02\nval_1.JPEG\tn01\nval_2.JPEG\tn01\nval_7.JPEG\tn01\n", r"lists 1 image\(s\) missing .*val_7"),
-    ("val_0.JPEG\n", r"val_annotations\.txt:1: expected '<file><TAB><wnid>"),
-])
+@pytest.mark.parametrize(
+    "annotations, message",
+    [
+        ("val_0.JPEG\tn02\nval_1.JPEG\tn01\n", r"val_2\.JPEG: not listed in .*val_annotations\.txt"),
+        ("val_0.JPEG\tn02\nval_1.JPEG\tn09\nval_2.JPEG\tn01\n", r"val_annotations\.txt:2: class 'n09' has no folder"),
+        ("val_0.JPEG\tn02\nval_1.JPEG\tn01\nval_2.JPEG\tn01\nval_7.JPEG\tn01\n", r"lists 1 image\(s\) missing .*val_7"),
+        ("val_0.JPEG\n", r"val_annotations\.txt:1: expected '<file><TAB><wnid>"),
+    ],
+)
 def test_tiny_imagenet_bad_annotations(tmp_path, annotations, message):
     _tiny_imagenet(tmp_path / "tiny", annotations)
     with pytest.raises(InputError, match=message):
@@ -375,8 +416,9 @@ def test_loads_at_the_same_time_decode_once(tmp_path, monkeypatch):
 
     _mixed_folder(tmp_path / "data")
     calls, results = _count_decodes(monkeypatch), []
-    threads = [threading.Thread(target=lambda: results.append(_load(tmp_path / "data", tmp_path / "cache")))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(_load(tmp_path / "data", tmp_path / "cache"))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -1,4 +1,5 @@
 """Each defense is a small transform: check what it does to images, labels and gradients."""
+
 import numpy as np
 import pytest
 import torch
@@ -167,8 +168,13 @@ def test_ascent_step_equals_the_old_attack_step(dtype, device):
 
 def test_pgd_attack_equals_the_old_attack():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * 6 * 6, 4), torch.nn.BatchNorm1d(4)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 4),
+        torch.nn.BatchNorm1d(4),
+    ).double()
     model.train()
     x, y = torch.rand(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (16,))
     new = pgd_attack(model, x, y, 8 / 255, steps=10, generator=torch.Generator().manual_seed(0))
@@ -194,6 +200,7 @@ def test_random_crop_flip_shifts_and_mirrors():
 def test_random_crop_flip_keeps_the_victims_random_stream():
     """random_crop_flip as evaluate/augment.py wrote it before the generator shared it: the same
     generator gives the same views, so victims trained before and after are the same."""
+
     def old_random_crop_flip(batch, generator, padding=4):
         b, h, w, _ = batch.shape
         padded = F.pad(batch.permute(0, 3, 1, 2), (padding, padding, padding, padding)).permute(0, 2, 3, 1)
@@ -212,11 +219,24 @@ def test_random_crop_flip_keeps_the_victims_random_stream():
     assert torch.equal(torch.rand(4, generator=new_generator), torch.rand(4, generator=old_generator))
 
 
-@pytest.mark.parametrize("spec, canonical", [
-    ("none", "none"), ("cutout", "cutout"), ("CutMix", "cutmix"), ("mixup", "mixup"), ("jpeg", "jpeg:10"),
-    ("jpeg:50", "jpeg:50"), ("grayscale", "grayscale"), ("bdr", "bdr:2"), ("bdr:4", "bdr:4"), ("blur", "blur:1"),
-    ("blur:0.5", "blur:0.5"), ("at", "at:8"), ("at:2", "at:2"),
-])
+@pytest.mark.parametrize(
+    "spec, canonical",
+    [
+        ("none", "none"),
+        ("cutout", "cutout"),
+        ("CutMix", "cutmix"),
+        ("mixup", "mixup"),
+        ("jpeg", "jpeg:10"),
+        ("jpeg:50", "jpeg:50"),
+        ("grayscale", "grayscale"),
+        ("bdr", "bdr:2"),
+        ("bdr:4", "bdr:4"),
+        ("blur", "blur:1"),
+        ("blur:0.5", "blur:0.5"),
+        ("at", "at:8"),
+        ("at:2", "at:2"),
+    ],
+)
 def test_parse_defense_canonical_names(spec, canonical):
     defense = parse_defense(spec)
     assert defense.spec == canonical

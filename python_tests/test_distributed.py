@@ -6,6 +6,7 @@ distributed_worker.py, where no launcher agent may kill the survivors for us.
 Every process runs one thread: the CI machine may have two cores. The tests that start
 processes are marked slow (10-35 s each on 2 busy cores); `make test` runs them.
 """
+
 import json
 import os
 import socket
@@ -28,8 +29,22 @@ from miue_ext.poison_file import load_poison
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 SAMPLES = 256  # each rank perturbs 2 batches of 64, as one process does 4: the same batch size
-TINY = ["--max-samples", str(SAMPLES), "--epochs", "3", "--steps", "2", "--batch-size", "32",
-        "--poison-batch-size", "64", "--deterministic", "--no-progress", "--seed", "3"]
+TINY = [
+    "--max-samples",
+    str(SAMPLES),
+    "--epochs",
+    "3",
+    "--steps",
+    "2",
+    "--batch-size",
+    "32",
+    "--poison-batch-size",
+    "64",
+    "--deterministic",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 LAUNCH_TIMEOUT_S = 180
 
 
@@ -41,8 +56,17 @@ def _env() -> dict:
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "miue_ext", "generate", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "miue_ext",
+        "generate",
+        *args,
+    ]
     return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
@@ -58,10 +82,19 @@ def launch_group(argv_per_rank: list[list[str]], cwd: Path, timeout: float = LAU
     port, world = _free_port(), len(argv_per_rank)
     processes = []
     for rank, argv in enumerate(argv_per_rank):
-        env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        processes.append(subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, text=True,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        env = dict(
+            _env(),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, *argv], cwd=cwd, env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        )
     started, results, seconds = time.monotonic(), [], None
     for process in processes:
         deadline = timeout if seconds is None else seconds + grace
@@ -101,7 +134,9 @@ def test_training_shards_equal_and_global_batches_contiguous(n, batch, world):
     assert per_rank == -(-batch // world)
     assert len({len(indices) for indices, _ in shards}) == 1  # the same number of DDP steps on every rank
     total = distributed.training_samples(n, world)
-    assert sum(len(indices) for indices, _ in shards) == total and set(torch.cat([s for s, _ in shards]).tolist()) == set(range(n))
+    assert sum(len(indices) for indices, _ in shards) == total and set(
+        torch.cat([s for s, _ in shards]).tolist()
+    ) == set(range(n))
     # Batch k of every rank together is the k-th contiguous chunk of the (padded) shuffled order.
     padded = torch.cat([order, order.repeat(world)])[:total]
     for k in range(-(-len(shards[0][0]) // per_rank)):
@@ -120,8 +155,9 @@ def test_single_process_is_not_a_group(monkeypatch):
 
 
 def test_manifest_of_other_world_size_is_refused(tmp_path):
-    (tmp_path / sharded_checkpoint.MANIFEST_NAME).write_text(json.dumps(
-        {"format": sharded_checkpoint.FORMAT, "world_size": 2, "epoch": 1, "files": ["a", "b"]}))
+    (tmp_path / sharded_checkpoint.MANIFEST_NAME).write_text(
+        json.dumps({"format": sharded_checkpoint.FORMAT, "world_size": 2, "epoch": 1, "files": ["a", "b"]})
+    )
     with pytest.raises(InputError, match="written by 2 processes, this run has world size 3"):
         sharded_checkpoint._read_manifest(tmp_path, 3)
 
@@ -183,12 +219,16 @@ def test_sharded_checkpoint_and_resume_with_other_world_size(two_process_run, ca
     folder, _, _ = two_process_run
     manifest = json.loads((folder / "ckpt" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["epoch"] == 3
-    assert sorted(p.name for p in (folder / "ckpt").iterdir()) == ["epoch0003-rank0-of2.pt", "epoch0003-rank1-of2.pt",
-                                                                   "manifest.json"]  # older epochs removed
+    assert sorted(p.name for p in (folder / "ckpt").iterdir()) == [
+        "epoch0003-rank0-of2.pt",
+        "epoch0003-rank1-of2.pt",
+        "manifest.json",
+    ]  # older epochs removed
     rows = [torch.load(folder / "ckpt" / name, weights_only=True)["delta_rows"] for name in manifest["files"]]
     assert [len(r) for r in rows] == [SAMPLES // 2, SAMPLES // 2]
-    code = main(["generate", *TINY, "--out", str(folder / "again.npz"), "--checkpoint-dir", str(folder / "ckpt"),
-                 "--resume"])
+    code = main(
+        ["generate", *TINY, "--out", str(folder / "again.npz"), "--checkpoint-dir", str(folder / "ckpt"), "--resume"]
+    )
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1
     assert "written by 2 processes, this run has world size 1" in error

@@ -1,6 +1,7 @@
 """A streamed torchrun group: each rank owns the samples rank::2 for the whole run (2 CPU
 processes, gloo). Its delta files hold only its rows; the poison is gathered once, when rank 0
 writes it, and a run killed mid-way resumes bit-identically."""
+
 import json
 
 import numpy as np
@@ -75,8 +76,10 @@ def test_a_streamed_checkpoint_is_not_resumed_resident(tmp_path, streamed_run):
 @pytest.mark.parametrize("n, world", [(256, 2), (257, 2), (10, 3), (5, 4)])
 def test_owning_ranks_run_the_same_number_of_training_batches(n, world):
     config = GenerationConfig(epochs=1, batch_size=8, poison_batch_size=4)
-    plans = [plan_epoch(config, 1, n, torch.device("cpu"), DistributedContext(r, world, r, torch.device("cpu")),
-                        owned=True) for r in range(world)]
+    plans = [
+        plan_epoch(config, 1, n, torch.device("cpu"), DistributedContext(r, world, r, torch.device("cpu")), owned=True)
+        for r in range(world)
+    ]
     lengths = {len(plan.train_order) for plan in plans}
     assert len(lengths) == 1 and lengths.pop() % plans[0].train_batch == 0  # DDP: equal batch counts
     for rank, plan in enumerate(plans):

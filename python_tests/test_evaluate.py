@@ -1,4 +1,5 @@
 """`miue evaluate` and `miue plot` on tiny npz data: the report, learning, baselines, bad inputs."""
+
 import json
 
 import numpy as np
@@ -51,8 +52,17 @@ def test_victim_learns_an_easy_task():
     test_images, test_labels = colour_classes(64, size=16, classes=4, seed=2)
     torch.manual_seed(0)
     model = build_victim("smallcnn", 4)
-    history = train_victim(model, images, labels, test_images, test_labels, TrainConfig(epochs=6, batch_size=16),
-                           parse_defense("none"), torch.device("cpu"), log=lambda line: None)
+    history = train_victim(
+        model,
+        images,
+        labels,
+        test_images,
+        test_labels,
+        TrainConfig(epochs=6, batch_size=16),
+        parse_defense("none"),
+        torch.device("cpu"),
+        log=lambda line: None,
+    )
     assert history[-1]["test_acc"] >= 0.9 and history[-1]["train_acc"] > 0.8
 
 
@@ -62,8 +72,17 @@ def test_training_is_reproducible_for_a_seed():
     for _ in range(2):
         torch.manual_seed(0)
         model = build_victim("smallcnn", 4)
-        history = train_victim(model, images, labels, images, labels, TrainConfig(epochs=1, batch_size=16, seed=3),
-                               parse_defense("mixup"), torch.device("cpu"), log=lambda line: None)
+        history = train_victim(
+            model,
+            images,
+            labels,
+            images,
+            labels,
+            TrainConfig(epochs=1, batch_size=16, seed=3),
+            parse_defense("mixup"),
+            torch.device("cpu"),
+            log=lambda line: None,
+        )
         runs.append(history[0]["train_loss"])
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
 
@@ -72,8 +91,17 @@ def test_training_is_reproducible_for_a_seed():
 def test_every_defense_trains(defense):
     images, labels = colour_classes(32, size=16, classes=4)
     model = build_victim("smallcnn", 4)
-    history = train_victim(model, images, labels, images, labels, TrainConfig(epochs=1, batch_size=16),
-                           parse_defense(defense), torch.device("cpu"), log=lambda line: None)
+    history = train_victim(
+        model,
+        images,
+        labels,
+        images,
+        labels,
+        TrainConfig(epochs=1, batch_size=16),
+        parse_defense(defense),
+        torch.device("cpu"),
+        log=lambda line: None,
+    )
     assert np.isfinite(history[0]["train_loss"]) and 0 <= history[0]["test_acc"] <= 1
 
 
@@ -105,15 +133,18 @@ def test_poison_made_from_other_images_is_refused(tmp_path):
     assert load_training_set("clean", other, 8 / 255, 0).eps == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--poison", "{tmp}/missing.npz"], "no such file"),
-    (["--poison", "clean", "--defense", "median"], "unknown --defense"),
-    (["--poison", "clean", "--epochs", "0"], "--epochs must be >= 1"),
-    (["--poison", "random", "--eps", "0"], "--eps must be in (0, 255]"),
-    (["--poison", "clean", "--model", "vit"], "unknown model"),
-    (["--poison", "clean", "--out", "{tmp}/exists"], "already exists"),
-    (["--poison", "{tmp}/small.npz"], "wrong --data"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--poison", "{tmp}/missing.npz"], "no such file"),
+        (["--poison", "clean", "--defense", "median"], "unknown --defense"),
+        (["--poison", "clean", "--epochs", "0"], "--epochs must be >= 1"),
+        (["--poison", "random", "--eps", "0"], "--eps must be in (0, 255]"),
+        (["--poison", "clean", "--model", "vit"], "unknown model"),
+        (["--poison", "clean", "--out", "{tmp}/exists"], "already exists"),
+        (["--poison", "{tmp}/small.npz"], "wrong --data"),
+    ],
+)
 def test_bad_inputs_fail_with_one_line_and_no_output(tiny, capsys, argv, message):
     folder, data, _, _ = tiny
     (folder / "exists").mkdir()
@@ -133,12 +164,17 @@ def test_bad_inputs_fail_with_one_line_and_no_output(tiny, capsys, argv, message
 def test_plot_several_reports(tiny, capsys):
     folder, data, images, labels = tiny
     for name in ("clean", "random"):
-        assert run_command(["evaluate", "--poison", name, *data, *TINY, "--epochs", "1",
-                            "--out", str(folder / name)]) == 0
+        assert (
+            run_command(["evaluate", "--poison", name, *data, *TINY, "--epochs", "1", "--out", str(folder / name)]) == 0
+        )
     for vs in ("epoch", "eps"):
         png = folder / f"{vs}.png"
-        assert run_command(["plot", str(folder / "clean"), str(folder / "random" / "report.json"), "--vs", vs,
-                            "--out", str(png)]) == 0
+        assert (
+            run_command(
+                ["plot", str(folder / "clean"), str(folder / "random" / "report.json"), "--vs", vs, "--out", str(png)]
+            )
+            == 0
+        )
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "random 8/255" in capsys.readouterr().out
     assert run_command(["plot", str(folder / "clean"), str(folder / "nothing"), "--out", str(folder / "x.png")]) == 2

@@ -1,5 +1,6 @@
 """--augment-perturbation: each perturbation step sees a random shift + flip of x + delta (the
 victim's augmentation, miue_ext/augment.py)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,20 @@ def test_engine_with_augmentation_is_bounded_reproducible_and_differs():
 
 def test_cli_flag_is_recorded_in_the_poison_file(tmp_path):
     out = tmp_path / "p.npz"
-    code = main(["generate", "--max-samples", "32", "--epochs", "1", "--steps", "1", "--augment-perturbation",
-                 "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "generate",
+            "--max-samples",
+            "32",
+            "--epochs",
+            "1",
+            "--steps",
+            "1",
+            "--augment-perturbation",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert load_poison(out).meta["config"]["perturb_augment"] is True

@@ -1,4 +1,5 @@
 """Checkpoints: atomic, complete, and a resumed deterministic run equals an uninterrupted one."""
+
 import os
 
 import pytest

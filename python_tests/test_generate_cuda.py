@@ -1,6 +1,7 @@
 """The CUDA fast path of generation (skipped without a CUDA device): no host sync in the
 K-step loop, bf16 autocast + channels_last give valid bounded poisons, deterministic mode is
 bit-identical."""
+
 import pytest
 import torch
 
@@ -29,8 +30,21 @@ def test_k_step_loop_never_synchronises_with_the_host(model_name):
     order = torch.randperm(len(data)).cuda()
     objective = make_objective("mi")
     amp = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    run = lambda: steps.perturb_samplewise(net, objective, images, labels, delta, order, 48, 3,  # noqa: E731
-                                           1 / 255, EPS, amp, True, lambda *a: None)
+    run = lambda: steps.perturb_samplewise(
+        net,
+        objective,
+        images,
+        labels,
+        delta,
+        order,
+        48,
+        3,  # noqa: E731
+        1 / 255,
+        EPS,
+        amp,
+        True,
+        lambda *a: None,
+    )
     run()  # warm-up: cuDNN/cuBLAS handles and autotuning may synchronise once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -43,8 +57,13 @@ def test_k_step_loop_never_synchronises_with_the_host(model_name):
 
 def test_cuda_run_with_amp_and_channels_last_is_bounded_and_valid():
     data = tiny_data()
-    result = generate(data, GenerationConfig(epochs=2, steps=2, batch_size=32, poison_batch_size=48),
-                      device="cuda", model_name="resnet18", log=lambda line: None)
+    result = generate(
+        data,
+        GenerationConfig(epochs=2, steps=2, batch_size=32, poison_batch_size=48),
+        device="cuda",
+        model_name="resnet18",
+        log=lambda line: None,
+    )
     x = torch.from_numpy(data.images).float() / 255
     assert result.delta.abs().max() <= EPS + 1e-6 and (result.delta != 0).float().mean() > 0.5
     assert ((x + result.delta) >= -1e-6).all() and ((x + result.delta) <= 1 + 1e-6).all()
@@ -53,8 +72,16 @@ def test_cuda_run_with_amp_and_channels_last_is_bounded_and_valid():
 
 @pytest.mark.parametrize("mode, objective", [("samplewise", "mi"), ("classwise", "ce")])
 def test_cuda_deterministic_mode_is_bit_identical(mode, objective):
-    config = lambda: GenerationConfig(epochs=2, steps=2, batch_size=32, poison_batch_size=48,  # noqa: E731
-                                      deterministic=True, seed=11, mode=mode, objective=objective)
+    config = lambda: GenerationConfig(
+        epochs=2,
+        steps=2,
+        batch_size=32,
+        poison_batch_size=48,  # noqa: E731
+        deterministic=True,
+        seed=11,
+        mode=mode,
+        objective=objective,
+    )
     a = generate(tiny_data(), config(), device="cuda", model_name="resnet18", log=lambda line: None)
     b = generate(tiny_data(), config(), device="cuda", model_name="resnet18", log=lambda line: None)
     assert torch.equal(a.delta, b.delta)

@@ -1,4 +1,5 @@
 """The generation engine: the algorithm's steps, objectives, modes, surrogates, determinism."""
+
 import contextlib
 
 import numpy as np
@@ -43,13 +44,26 @@ def test_defaults_are_the_papers():
     assert c.alpha_at(1) == pytest.approx(0.2 / 255) and c.alpha_at(100) == pytest.approx(0.4 / 255)
     assert c.alpha_at(50) == pytest.approx((0.2 + 49 / 99 * 0.2) / 255)
     em = GenerationConfig.for_method("em")
-    assert (em.objective, em.steps, em.alpha_at(1), em.alpha_at(100), em.stop_accuracy) == ("ce", 20, 0.8 / 255, 0.8 / 255, 0.99)
+    assert (em.objective, em.steps, em.alpha_at(1), em.alpha_at(100), em.stop_accuracy) == (
+        "ce",
+        20,
+        0.8 / 255,
+        0.8 / 255,
+        0.99,
+    )
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("eps", 0.0, "eps must be in"), ("eps", 1.5, "eps must be in"), ("epochs", 0, "epochs must be >= 1"),
-    ("steps", 0, "steps must be >= 1"), ("objective", "xyz", "objective must be"), ("alpha_start", -1.0, "alpha"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("eps", 0.0, "eps must be in"),
+        ("eps", 1.5, "eps must be in"),
+        ("epochs", 0, "epochs must be >= 1"),
+        ("steps", 0, "steps must be >= 1"),
+        ("objective", "xyz", "objective must be"),
+        ("alpha_start", -1.0, "alpha"),
+    ],
+)
 def test_config_validation(field, value, message):
     with pytest.raises(InputError, match=message):
         GenerationConfig(**{field: value}).validate()
@@ -73,8 +87,9 @@ def test_samplewise_step_is_the_spec_update_on_the_right_rows():
         features, logits = net(inputs.permute(0, 3, 1, 2))
         (grad,) = torch.autograd.grad(reference.mi_ue_loss(features, labels[index]).float(), inputs)
         expected[index] = reference.pgd_update(expected[index], x, grad, 1 / 255, EPS)
-    steps.perturb_samplewise(net, objective, images, labels, delta, order, 16, 1, 1 / 255, EPS,
-                             NO_AMP, True, lambda *a: None)
+    steps.perturb_samplewise(
+        net, objective, images, labels, delta, order, 16, 1, 1 / 255, EPS, NO_AMP, True, lambda *a: None
+    )
     # float32 fused vs float64 reference gradients may differ in sign where the gradient is ~0
     assert (delta != expected).float().mean() < 0.01
     assert (delta - expected).abs().max() <= 2 / 255 + 1e-6
@@ -93,8 +108,21 @@ def test_perturbation_steps_lower_the_objective():
         return ops.intra_class_cosine(features, labels).item(), ops.mi_ue_loss(features, labels).item()
 
     cos_before, loss_before = intra_cosine()
-    steps.perturb_samplewise(net, make_objective("mi"), images, labels, delta, torch.arange(64), 64, 10,
-                             1 / 255, EPS, NO_AMP, True, lambda *a: None)
+    steps.perturb_samplewise(
+        net,
+        make_objective("mi"),
+        images,
+        labels,
+        delta,
+        torch.arange(64),
+        64,
+        10,
+        1 / 255,
+        EPS,
+        NO_AMP,
+        True,
+        lambda *a: None,
+    )
     cos_after, loss_after = intra_cosine()
     assert loss_after < loss_before - 0.05 and cos_after > cos_before
 

@@ -1,5 +1,6 @@
 """--perturb-flip: the clean image (not delta) is flipped in the perturbation stage, and the
 [0, 1] projection is against the flipped image, as in the authors' loop."""
+
 import contextlib
 
 import torch
@@ -30,9 +31,22 @@ def test_flipped_clean_image_unflipped_delta():
     for flip_first in (False, True):
         delta = torch.zeros(2, 4, 6, 1)
         mask = torch.tensor([flip_first, False])
-        steps.perturb_samplewise(Pixels(), lambda f, logits, y: f.sum(), images, labels, delta, torch.arange(2),
-                                 batch_size=2, steps=1, alpha=alpha, eps=eps, amp=contextlib.nullcontext,
-                                 channels_last=False, on_batch=lambda *a: None, flip_mask=mask)
+        steps.perturb_samplewise(
+            Pixels(),
+            lambda f, logits, y: f.sum(),
+            images,
+            labels,
+            delta,
+            torch.arange(2),
+            batch_size=2,
+            steps=1,
+            alpha=alpha,
+            eps=eps,
+            amp=contextlib.nullcontext,
+            channels_last=False,
+            on_batch=lambda *a: None,
+            flip_mask=mask,
+        )
         runs[flip_first] = delta
     unflipped, flipped = runs[False], runs[True]
     assert torch.equal(unflipped[1], flipped[1])  # the unmasked sample is the same either way
@@ -53,7 +67,20 @@ def test_engine_with_perturb_flip_is_bounded_reproducible_and_differs():
 
 def test_cli_flag_is_recorded_in_the_poison_file(tmp_path):
     out = tmp_path / "p.npz"
-    code = main(["generate", "--max-samples", "32", "--epochs", "1", "--steps", "1", "--perturb-flip",
-                 "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "generate",
+            "--max-samples",
+            "32",
+            "--epochs",
+            "1",
+            "--steps",
+            "1",
+            "--perturb-flip",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert load_poison(out).meta["config"]["perturb_flip"] is True

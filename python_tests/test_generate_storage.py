@@ -4,6 +4,7 @@ With float32 delta files a streamed run must equal a resident one bit for bit (s
 same arithmetic); float16 files may differ only by their rounding; checkpoints are the delta
 file plus its SHA-256, and a run killed mid-epoch resumes from intact data.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,16 @@ N = 70  # not a multiple of the chunk: the last chunk is short
 
 
 def config(**overrides):
-    base = dict(epochs=2, steps=2, batch_size=8, poison_batch_size=16, deterministic=True, seed=3,
-                alpha_start=2 / 255, alpha_end=1 / 255)
+    base = dict(
+        epochs=2,
+        steps=2,
+        batch_size=8,
+        poison_batch_size=16,
+        deterministic=True,
+        seed=3,
+        alpha_start=2 / 255,
+        alpha_end=1 / 255,
+    )
     base.update(overrides)
     return GenerationConfig(**base)
 
@@ -44,13 +53,17 @@ def as_tensor(delta, eps=8 / 255) -> torch.Tensor:
 STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    {"perturb_flip": True, "random_start": True},
-    {"perturb_augment": True, "flip": False},
-    {"mode": "classwise"},
-    {"objective": "ce", "stop_accuracy": 0.99},
-], ids=["default", "flips+random-start", "augment", "classwise", "em-stop-rule"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"perturb_flip": True, "random_start": True},
+        {"perturb_augment": True, "flip": False},
+        {"mode": "classwise"},
+        {"objective": "ce", "stop_accuracy": 0.99},
+    ],
+    ids=["default", "flips+random-start", "augment", "classwise", "em-stop-rule"],
+)
 def test_stream_float32_equals_resident(options):
     resident = gen(config(storage="resident", **options))
     streamed = gen(config(**STREAM32, **options))
@@ -135,17 +148,25 @@ def test_damaged_delta_file_is_refused(tmp_path):
         gen(cfg, checkpoint_dir=tmp_path, resume=True)
 
 
-@pytest.mark.parametrize("options, n, message", [
-    ({"mode": "classwise"}, N, "for sample-wise runs"),
-    ({}, 1, "at least one image per process"),
-])
+@pytest.mark.parametrize(
+    "options, n, message",
+    [
+        ({"mode": "classwise"}, N, "for sample-wise runs"),
+        ({}, 1, "at least one image per process"),
+    ],
+)
 def test_a_streamed_group_refuses_what_it_cannot_shard(options, n, message):
     from miue_ext.generate.distributed import DistributedContext
     from miue_ext.generate.engine import _Run
 
     run = _Run.__new__(_Run)  # only what _make_store reads
-    run.config, run.device, run.n, run.log, run.checkpoint_dir = config(storage="stream", **options), \
-        torch.device("cpu"), n, print, None
+    run.config, run.device, run.n, run.log, run.checkpoint_dir = (
+        config(storage="stream", **options),
+        torch.device("cpu"),
+        n,
+        print,
+        None,
+    )
     run.sample_shape = (32, 32, 3)
     run.dist = DistributedContext(0, 2, 0, torch.device("cpu"))
     with pytest.raises(InputError, match=message):
@@ -159,13 +180,16 @@ def test_rows_writer_matches_the_whole_array_writer(tmp_path):
     delta = rng.uniform(-10 / 255, 10 / 255, data.images.shape).astype(np.float32)  # beyond eps: clipped
     poisoned, perturbation = quantize(data.images, delta, 8 / 255)
     save_poison(tmp_path / "whole.npz", poisoned, data.labels, perturbation, {"eps": 8 / 255})
-    stats = save_poison_rows(tmp_path / "rows.npz", data.images, data.labels, torch.from_numpy(delta), 8 / 255,
-                             {"eps": 8 / 255}, rows=16)
+    stats = save_poison_rows(
+        tmp_path / "rows.npz", data.images, data.labels, torch.from_numpy(delta), 8 / 255, {"eps": 8 / 255}, rows=16
+    )
     verify_rows(tmp_path / "rows.npz", data.images, 8 / 255, rows=16)
     whole, rows = load_poison(tmp_path / "whole.npz"), load_poison(tmp_path / "rows.npz", clean_images=data.images)
     for name in ("images", "labels", "perturbation"):
-        assert np.array_equal(getattr(whole, name), getattr(rows, name)) and \
-            getattr(whole, name).dtype == getattr(rows, name).dtype
+        assert (
+            np.array_equal(getattr(whole, name), getattr(rows, name))
+            and getattr(whole, name).dtype == getattr(rows, name).dtype
+        )
     assert whole.meta == rows.meta
     flat = perturbation.reshape(N, -1).astype(np.float64) / 255
     assert stats["linf_pixels"] == 8 and stats["changed_fraction"] == pytest.approx((perturbation != 0).mean())
@@ -174,8 +198,9 @@ def test_rows_writer_matches_the_whole_array_writer(tmp_path):
 
 def test_rows_reader_finds_a_wrong_clean_set(tmp_path):
     data = tiny_patches(N)
-    save_poison_rows(tmp_path / "p.npz", data.images, data.labels, np.zeros(data.images.shape, np.float16),
-                     8 / 255, {"eps": 8 / 255})
+    save_poison_rows(
+        tmp_path / "p.npz", data.images, data.labels, np.zeros(data.images.shape, np.float16), 8 / 255, {"eps": 8 / 255}
+    )
     other = data.images.copy()
     other[40, 3, 3, 0] ^= 0x40
     with pytest.raises(InputError, match="read back wrong at rows 0..39|read back wrong at rows"):

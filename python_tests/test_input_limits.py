@@ -2,6 +2,7 @@
 a MemoryError or a huge allocation: decompression bombs, npz headers declaring petabytes, zip
 bombs, images too small for the networks, labels that are ids rather than class indices, and
 poison files with a bad eps, labels or shape."""
+
 import io
 import json
 import re
@@ -25,6 +26,7 @@ HUGE = (100_000, 100_000, 100_000, 3)  # 3e15 bytes of uint8
 
 # --- helpers -------------------------------------------------------------------------------------
 
+
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -35,7 +37,8 @@ def _npy_header_only(shape, dtype=np.uint8, data: bytes = b"\0" * 64) -> bytes:
     """A .npy member whose header declares `shape` but which holds only `data`."""
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
     return buffer.getvalue() + data
 
 
@@ -50,8 +53,12 @@ def _poison_members(n=4, size=4, channels=3, eps_pixels=8, **overrides) -> dict:
     rng = np.random.default_rng(0)
     clean = rng.integers(20, 236, (n, size, size, channels), dtype=np.uint8)
     poisoned, pert = quantize(clean, rng.uniform(-1, 1, clean.shape) * eps_pixels / 255, eps_pixels / 255)
-    members = {"images": poisoned, "labels": np.arange(n) % 3, "perturbation": pert,
-               "meta": np.asarray(json.dumps({"eps": eps_pixels / 255, "method": "miue"}))}
+    members = {
+        "images": poisoned,
+        "labels": np.arange(n) % 3,
+        "perturbation": pert,
+        "meta": np.asarray(json.dumps({"eps": eps_pixels / 255, "method": "miue"})),
+    }
     members.update(overrides)
     return members
 
@@ -62,16 +69,19 @@ def _meta(**fields) -> np.ndarray:
 
 def _tiny_png_bomb(path, width=30_000, height=30_000) -> None:
     """A PNG of a few dozen bytes that declares width x height RGB pixels."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def _no_np_load(monkeypatch):
     """Prove a refusal comes from the headers: np.load (which allocates) must not be reached."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("np.load reached: the file was not refused from its header")
 
@@ -93,11 +103,26 @@ def _cli_one_line(capsys, argv, command, *expected):
 
 
 def _generate_argv(data_spec, tmp_path):
-    return ["generate", "--data", data_spec, "--epochs", "1", "--max-samples", "8", "--device", "cpu",
-            "--model", "smallcnn", "--no-progress", "--out", str(tmp_path / "out.npz")]
+    return [
+        "generate",
+        "--data",
+        data_spec,
+        "--epochs",
+        "1",
+        "--max-samples",
+        "8",
+        "--device",
+        "cpu",
+        "--model",
+        "smallcnn",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out.npz"),
+    ]
 
 
 # --- 1. decompression bombs in imagefolder: data -----------------------------------------------
+
 
 def test_imagefolder_png_bomb_is_refused_naming_the_file(tmp_path, capsys):
     (tmp_path / "cls").mkdir()
@@ -106,8 +131,9 @@ def test_imagefolder_png_bomb_is_refused_naming_the_file(tmp_path, capsys):
     assert (tmp_path / "cls" / "b.png").stat().st_size < 200
     with pytest.raises(InputError, match=r"b\.png: refused, a possible decompression bomb"):
         load_dataset(f"imagefolder:{tmp_path}")
-    _cli_one_line(capsys, _generate_argv(f"imagefolder:{tmp_path}", tmp_path), "generate", "b.png",
-                  "decompression bomb")
+    _cli_one_line(
+        capsys, _generate_argv(f"imagefolder:{tmp_path}", tmp_path), "generate", "b.png", "decompression bomb"
+    )
     assert not (tmp_path / "out.npz").exists()
 
 
@@ -131,6 +157,7 @@ def test_imagefolder_total_size_checked_before_decoding(tmp_path, monkeypatch):
 
 # --- 2. npz headers that declare huge arrays; zip bombs ------------------------------------------
 
+
 def test_npz_huge_header_is_refused_before_loading(tmp_path, monkeypatch, capsys):
     path = tmp_path / "huge.npz"
     _write_npz(path, {"images": _npy_header_only(HUGE), "labels": np.zeros(4, np.int64)})
@@ -139,8 +166,14 @@ def test_npz_huge_header_is_refused_before_loading(tmp_path, monkeypatch, capsys
     expected = r"huge\.npz: 'images' uint8 \[100000, 100000, 100000, 3\] declares 2\.7 PiB .*more than"
     with pytest.raises(InputError, match=expected):
         load_dataset(f"npz:{path}")
-    _cli_one_line(capsys, _generate_argv(f"npz:{path}", tmp_path), "generate", "huge.npz", "refusing to load",
-                  "of memory available")
+    _cli_one_line(
+        capsys,
+        _generate_argv(f"npz:{path}", tmp_path),
+        "generate",
+        "huge.npz",
+        "refusing to load",
+        "of memory available",
+    )
 
 
 def test_poison_huge_header_is_refused_before_loading(tmp_path, monkeypatch, capsys):
@@ -203,13 +236,17 @@ def test_memory_limit_is_positive_and_finite():
 
 # --- 3. image sizes ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("shape, message", [
-    ((4, 4, 4, 3), "images are 4x4 pixels; at least 8x8 is needed"),
-    ((4, 1, 1, 3), "images are 1x1 pixels; at least 8x8 is needed"),
-    ((4, 0, 0, 3), "images are 0x0 pixels; at least 8x8 is needed"),
-    ((4, 32, 7, 1), "images are 32x7 pixels; at least 8x8 is needed"),
-    ((0, 32, 32, 3), "holds 0 images"),
-])
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((4, 4, 4, 3), "images are 4x4 pixels; at least 8x8 is needed"),
+        ((4, 1, 1, 3), "images are 1x1 pixels; at least 8x8 is needed"),
+        ((4, 0, 0, 3), "images are 0x0 pixels; at least 8x8 is needed"),
+        ((4, 32, 7, 1), "images are 32x7 pixels; at least 8x8 is needed"),
+        ((0, 32, 32, 3), "holds 0 images"),
+    ],
+)
 def test_too_small_or_empty_images_are_refused(tmp_path, capsys, shape, message):
     path = tmp_path / "small.npz"
     np.savez(path, images=np.zeros(shape, np.uint8), labels=np.arange(shape[0]) % 2)
@@ -241,17 +278,21 @@ def test_min_image_side_is_what_the_networks_need():
 
 # --- 4. labels -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("labels, message", [
-    (np.array([*range(10), 2**63 + 5], np.uint64), "label 9223372036854775813 would make"),
-    (np.array([*range(10), 10**9]), "label 1000000000 would make 1000000001 classes"),
-    (np.array([*range(10), 10**6]), "label 1000000 would make 1000001 classes"),
-    (np.array([*range(10), 5000]), "labels use 11 distinct values between 0 and 5000"),
-    (np.array([*range(10), -3]), "labels must be >= 0, got -3"),
-    (np.array([0.0, 1.0, 2.5] + [1.0] * 8), "labels must be integer class indices, got dtype float64"),
-    (np.array([0.0, 1.0, 2.0] + [1.0] * 8), "labels must be integer class indices, got dtype float64"),
-    (np.array(["cat", "dog"] + ["cat"] * 9), "labels must be integer class indices, got dtype <U3"),
-    (np.array([True, False] * 5 + [True]), "labels must be integer class indices, got dtype bool"),
-])
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([*range(10), 2**63 + 5], np.uint64), "label 9223372036854775813 would make"),
+        (np.array([*range(10), 10**9]), "label 1000000000 would make 1000000001 classes"),
+        (np.array([*range(10), 10**6]), "label 1000000 would make 1000001 classes"),
+        (np.array([*range(10), 5000]), "labels use 11 distinct values between 0 and 5000"),
+        (np.array([*range(10), -3]), "labels must be >= 0, got -3"),
+        (np.array([0.0, 1.0, 2.5] + [1.0] * 8), "labels must be integer class indices, got dtype float64"),
+        (np.array([0.0, 1.0, 2.0] + [1.0] * 8), "labels must be integer class indices, got dtype float64"),
+        (np.array(["cat", "dog"] + ["cat"] * 9), "labels must be integer class indices, got dtype <U3"),
+        (np.array([True, False] * 5 + [True]), "labels must be integer class indices, got dtype bool"),
+    ],
+)
 def test_bad_labels_are_refused_with_a_remap_hint(tmp_path, capsys, labels, message):
     path = tmp_path / "labels.npz"
     np.savez(path, images=np.zeros((len(labels), 8, 8, 3), np.uint8), labels=labels)
@@ -274,36 +315,52 @@ def test_valid_labels_keep_their_values():
 
 # --- 5. poison files -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"meta": _meta()}, "meta has no 'eps'"),
-    ({"meta": _meta(eps="abc")}, "meta eps must be a number in (0, 1]"),
-    ({"meta": np.asarray('{"eps": NaN}')}, "got nan"),
-    ({"meta": _meta(eps=1e308)}, "got 1e+308"),
-    ({"meta": _meta(eps=1000)}, "got 1000"),
-    ({"meta": _meta(eps=1.5)}, "got 1.5"),
-    ({"meta": _meta(eps=0)}, "got 0"),
-    ({"meta": _meta(eps=-0.1)}, "got -0.1"),
-    ({"meta": _meta(eps=True)}, "got True"),
-    ({"meta": np.asarray("[1, 2]")}, "meta must be a JSON object"),
-    ({"meta": np.asarray("{not json")}, "not a readable poison file"),
-    ({"meta": _meta(eps=2 / 255)}, "perturbation reaches 8/255, over the budget eps = 2/255"),
-    ({"labels": np.array(["a", "b", "c", "d"])}, "labels must be integer class indices, got dtype <U1"),
-    ({"labels": np.array([0.0, 1.0, 2.0, 0.0])}, "labels must be integer class indices, got dtype float64"),
-    ({"labels": np.array([0, 1, 2, -1])}, "labels must be >= 0"),
-    ({"labels": np.array([0, 1, 2, 10**9])}, "label 1000000000 would make"),
-    ({"labels": np.array(3)}, "labels must be a vector [N], got shape []"),
-    ({"labels": np.arange(3)}, "3 labels for 4 images"),
-    ({"images": np.zeros((0, 4, 4, 3), np.uint8), "perturbation": np.zeros((0, 4, 4, 3), np.int8),
-      "labels": np.zeros(0, np.int64)}, "holds 0 images"),
-    ({"images": np.zeros((4, 0, 0, 3), np.uint8), "perturbation": np.zeros((4, 0, 0, 3), np.int8)},
-     "images are 0x0 pixels; at least 1x1"),
-    ({"images": np.zeros((4, 4, 4, 2), np.uint8), "perturbation": np.zeros((4, 4, 4, 2), np.int8)},
-     "1 or 3 channels (last axis), got 2"),
-    ({"images": np.zeros((4, 4, 4, 4), np.uint8), "perturbation": np.zeros((4, 4, 4, 4), np.int8)},
-     "1 or 3 channels (last axis), got 4"),
-    ({"perturbation": np.zeros((4, 4, 4, 3), np.float32)}, "perturbation must be int8/int16"),
-    ({"images": np.zeros((4, 4, 4), np.uint8)}, "images must be uint8 [N, H, W, C]"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"meta": _meta()}, "meta has no 'eps'"),
+        ({"meta": _meta(eps="abc")}, "meta eps must be a number in (0, 1]"),
+        ({"meta": np.asarray('{"eps": NaN}')}, "got nan"),
+        ({"meta": _meta(eps=1e308)}, "got 1e+308"),
+        ({"meta": _meta(eps=1000)}, "got 1000"),
+        ({"meta": _meta(eps=1.5)}, "got 1.5"),
+        ({"meta": _meta(eps=0)}, "got 0"),
+        ({"meta": _meta(eps=-0.1)}, "got -0.1"),
+        ({"meta": _meta(eps=True)}, "got True"),
+        ({"meta": np.asarray("[1, 2]")}, "meta must be a JSON object"),
+        ({"meta": np.asarray("{not json")}, "not a readable poison file"),
+        ({"meta": _meta(eps=2 / 255)}, "perturbation reaches 8/255, over the budget eps = 2/255"),
+        ({"labels": np.array(["a", "b", "c", "d"])}, "labels must be integer class indices, got dtype <U1"),
+        ({"labels": np.array([0.0, 1.0, 2.0, 0.0])}, "labels must be integer class indices, got dtype float64"),
+        ({"labels": np.array([0, 1, 2, -1])}, "labels must be >= 0"),
+        ({"labels": np.array([0, 1, 2, 10**9])}, "label 1000000000 would make"),
+        ({"labels": np.array(3)}, "labels must be a vector [N], got shape []"),
+        ({"labels": np.arange(3)}, "3 labels for 4 images"),
+        (
+            {
+                "images": np.zeros((0, 4, 4, 3), np.uint8),
+                "perturbation": np.zeros((0, 4, 4, 3), np.int8),
+                "labels": np.zeros(0, np.int64),
+            },
+            "holds 0 images",
+        ),
+        (
+            {"images": np.zeros((4, 0, 0, 3), np.uint8), "perturbation": np.zeros((4, 0, 0, 3), np.int8)},
+            "images are 0x0 pixels; at least 1x1",
+        ),
+        (
+            {"images": np.zeros((4, 4, 4, 2), np.uint8), "perturbation": np.zeros((4, 4, 4, 2), np.int8)},
+            "1 or 3 channels (last axis), got 2",
+        ),
+        (
+            {"images": np.zeros((4, 4, 4, 4), np.uint8), "perturbation": np.zeros((4, 4, 4, 4), np.int8)},
+            "1 or 3 channels (last axis), got 4",
+        ),
+        ({"perturbation": np.zeros((4, 4, 4, 3), np.float32)}, "perturbation must be int8/int16"),
+        ({"images": np.zeros((4, 4, 4), np.uint8)}, "images must be uint8 [N, H, W, C]"),
+    ],
+)
 def test_bad_poison_files_are_refused(tmp_path, capsys, overrides, message):
     path = tmp_path / "bad_poison.npz"
     _write_npz(path, _poison_members(**overrides))

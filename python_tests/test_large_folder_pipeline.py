@@ -1,5 +1,6 @@
 """An ImageNet-style folder of mixed-size JPEGs and PNGs goes through `miue generate` (streamed)
 and `miue export --format imagefolder` to a poisoned folder with the same layout."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -20,17 +21,41 @@ ROOT = Path(__file__).resolve().parents[1]
 def miue(*args, cwd):
     import os
 
-    proc = subprocess.run([sys.executable, "-m", "miue_ext", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **SINGLE_THREAD_ENV}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "miue_ext", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **SINGLE_THREAD_ENV},
+        timeout=600,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("photos") / "photos"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_image_folder.py"), str(out), "--images", "90",
-                    "--classes", "3", "--min-size", "20", "--max-size", "70", "--seed", "1"], check=True,
-                   capture_output=True, env={**SINGLE_THREAD_ENV, "PATH": "/usr/bin:/bin"}, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "make_image_folder.py"),
+            str(out),
+            "--images",
+            "90",
+            "--classes",
+            "3",
+            "--min-size",
+            "20",
+            "--max-size",
+            "70",
+            "--seed",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        env={**SINGLE_THREAD_ENV, "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+    )
     suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
     assert suffixes == {".jpg", ".png"}
     return out
@@ -39,9 +64,28 @@ def folder(tmp_path_factory):
 def test_folder_to_streamed_poison_to_published_folder(folder, tmp_path):
     cache = tmp_path / "cache"
     data = ["--data", f"imagefolder:{folder}", "--image-size", "24", "--cache-dir", str(cache)]
-    rc, out = miue("generate", *data, "--epochs", "1", "--steps", "1", "--device", "cpu", "--no-progress",
-                   "--storage", "stream", "--chunk-size", "64", "--batch-size", "32", "--poison-batch-size", "32",
-                   "--out", str(tmp_path / "p.npz"), cwd=tmp_path)
+    rc, out = miue(
+        "generate",
+        *data,
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--storage",
+        "stream",
+        "--chunk-size",
+        "64",
+        "--batch-size",
+        "32",
+        "--poison-batch-size",
+        "32",
+        "--out",
+        str(tmp_path / "p.npz"),
+        cwd=tmp_path,
+    )
     assert rc == 0, out
     assert "streaming the data in chunks of 64 images" in out
     poison = load_poison(tmp_path / "p.npz")
@@ -50,8 +94,9 @@ def test_folder_to_streamed_poison_to_published_folder(folder, tmp_path):
     clean = load_dataset(f"imagefolder:{folder}", image_size=24, cache_dir=cache)
     assert np.array_equal(poison.clean_images, clean.images)
 
-    rc, out = miue("export", str(tmp_path / "p.npz"), str(tmp_path / "published"), "--format", "imagefolder",
-                   cwd=tmp_path)
+    rc, out = miue(
+        "export", str(tmp_path / "p.npz"), str(tmp_path / "published"), "--format", "imagefolder", cwd=tmp_path
+    )
     assert rc == 0, out
     published = tmp_path / "published"
     sources = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*") if p.is_file())

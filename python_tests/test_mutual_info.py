@@ -5,6 +5,7 @@ Tolerances (nats, fixed seeds, 3,000 samples): histogram 0.05 for MI <= 0.51 (it
 bins underestimate large MI: -0.11 at rho = 0.95, so not tested there), KSG 0.05 up to
 rho = 0.95, MINE 0.08; independent variables within 0.02 (histogram, KSG) and 0.03 (MINE).
 """
+
 import json
 
 import numpy as np
@@ -109,13 +110,44 @@ def test_mi_command_on_report_folders_and_raw_rows(tmp_path, capsys):
     train_spec, test_spec = write_tiny_data(tmp_path)
     with np.load(tmp_path / "train.npz") as data:
         write_poison(tmp_path / "p.npz", data["images"], data["labels"])
-    common = ["--data", train_spec, "--test-data", test_spec, "--model", "smallcnn", "--epochs", "1",
-              "--batch-size", "16", "--no-progress"]
+    common = [
+        "--data",
+        train_spec,
+        "--test-data",
+        test_spec,
+        "--model",
+        "smallcnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--no-progress",
+    ]
     assert run_command(["evaluate", "--poison", "clean", "--out", str(tmp_path / "eval_clean"), *common]) == 0
     out = tmp_path / "mi.json"
-    code = run_command(["mi", str(tmp_path / "eval_clean"), str(tmp_path / "p.npz"), "random", "--projections", "4",
-                        "--samples", "64", "--out", str(out), "--data", train_spec, "--test-data", test_spec,
-                        "--model", "smallcnn", "--epochs", "1", "--no-progress"])
+    code = run_command(
+        [
+            "mi",
+            str(tmp_path / "eval_clean"),
+            str(tmp_path / "p.npz"),
+            "random",
+            "--projections",
+            "4",
+            "--samples",
+            "64",
+            "--out",
+            str(out),
+            "--data",
+            train_spec,
+            "--test-data",
+            test_spec,
+            "--model",
+            "smallcnn",
+            "--epochs",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     table = json.loads(out.read_text())
     assert [row["row"] for row in table["rows"]] == ["clean", "miue", "random"]
@@ -128,11 +160,14 @@ def test_mi_command_on_report_folders_and_raw_rows(tmp_path, capsys):
     assert "MI hist" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["missing.npz"], "no such report folder or poison file"),
-    (["clean", "--estimators", "hist"], "unknown hist"),
-    (["clean", "--projections", "1"], "--projections"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing.npz"], "no such report folder or poison file"),
+        (["clean", "--estimators", "hist"], "unknown hist"),
+        (["clean", "--projections", "1"], "--projections"),
+    ],
+)
 def test_mi_bad_inputs(tmp_path, capsys, argv, message):
     out = tmp_path / "mi.json"
     assert run_command(["mi", *argv, "--out", str(out)]) == 2
@@ -146,9 +181,27 @@ def test_mi_refuses_a_report_whose_poison_changed(tmp_path, capsys):
     with np.load(tmp_path / "train.npz") as data:
         images, labels = data["images"], data["labels"]
     write_poison(tmp_path / "p.npz", images, labels, seed=0)
-    assert run_command(["evaluate", "--poison", str(tmp_path / "p.npz"), "--data", train_spec, "--test-data",
-                        test_spec, "--model", "smallcnn", "--epochs", "1", "--no-progress",
-                        "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        run_command(
+            [
+                "evaluate",
+                "--poison",
+                str(tmp_path / "p.npz"),
+                "--data",
+                train_spec,
+                "--test-data",
+                test_spec,
+                "--model",
+                "smallcnn",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     write_poison(tmp_path / "p.npz", images, labels, seed=1)  # overwritten by another poison
     assert run_command(["mi", str(tmp_path / "ev"), "--out", str(tmp_path / "mi.json")]) == 2
     assert "has changed" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """MI-UE's own operating point: same-class features nearly parallel (a converged poison drives
 their cosines past 0.99). Values and gradients against the float64 reference, exact duplicates
 (distance 0) among them, and a backward that is bit-identical from run to run."""
+
 import pytest
 import torch
 

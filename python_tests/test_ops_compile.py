@@ -1,4 +1,5 @@
 """Registration checks: torch.library.opcheck on every op, and torch.compile(fullgraph=True)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Bad inputs give a clear error naming the argument and what was expected."""
+
 import subprocess
 import sys
 
@@ -129,5 +130,11 @@ def test_cuda_labels_on_cpu():
     with pytest.raises(RuntimeError, match=r"labels must be on the same device as features \(cuda"):
         ops.mi_ue_loss(f, torch.randint(0, 3, (8,)))
     with pytest.raises(RuntimeError, match=r"x must be on the device of poison"):
-        ops.pgd_update_indexed_(torch.zeros(4, 3, device="cuda"), torch.arange(2, device="cuda"),
-                                torch.rand(2, 3), torch.rand(2, 3), 0.1, 0.1)
+        ops.pgd_update_indexed_(
+            torch.zeros(4, 3, device="cuda"),
+            torch.arange(2, device="cuda"),
+            torch.rand(2, 3),
+            torch.rand(2, 3),
+            0.1,
+            0.1,
+        )

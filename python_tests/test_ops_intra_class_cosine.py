@@ -1,6 +1,7 @@
 """intra_class_cosine (the mean cosine between same-class rows, the poison statistic) against the
 float64 reference: the checks every op of (features, labels) passes (FeatureOpContract in
 test_ops_loss.py), and its own edge cases."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,8 +11,12 @@ import miue_ext.ops as ops
 import miue_ext.reference as reference
 from miue_ext.bench import intra_class_cosine_eager
 from helpers import assert_matches_reference
-from test_ops_loss import (FeatureOpContract, assert_gradcheck_float64, assert_low_precision_within_twice_eager_error,
-                           random_problem)
+from test_ops_loss import (
+    FeatureOpContract,
+    assert_gradcheck_float64,
+    assert_low_precision_within_twice_eager_error,
+    random_problem,
+)
 
 
 class TestIntraClassCosine(FeatureOpContract):
@@ -30,7 +35,8 @@ def test_batch_of_one(device):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_within_twice_eager_error(dtype, device):
     assert_low_precision_within_twice_eager_error(
-        ops.intra_class_cosine, intra_class_cosine_eager, reference.intra_class_cosine, dtype, device)
+        ops.intra_class_cosine, intra_class_cosine_eager, reference.intra_class_cosine, dtype, device
+    )
 
 
 @settings(max_examples=40, deadline=None)

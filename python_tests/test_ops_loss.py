@@ -4,6 +4,7 @@ inputs and the edge cases.
 FeatureOpContract holds the checks that every op of (features [B, D], labels [B]) -> scalar
 passes against its reference; a test class applies them to its ops through a `name` fixture
 (TestLossOps here, TestIntraClassCosine in test_ops_intra_class_cosine.py)."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -203,8 +204,12 @@ def test_miue_loss_module_in_a_training_step(device):
 @pytest.mark.parametrize("zeta", [0.0, 0.1])
 def test_low_precision_within_twice_eager_error(dtype, zeta, device):
     assert_low_precision_within_twice_eager_error(
-        lambda f, y: ops.mi_ue_loss(f, y, 0.1, zeta), lambda f, y: reference.mi_ue_loss_eager(f, y, 0.1, zeta),
-        lambda f, y: reference.mi_ue_loss(f, y, 0.1, zeta), dtype, device)
+        lambda f, y: ops.mi_ue_loss(f, y, 0.1, zeta),
+        lambda f, y: reference.mi_ue_loss_eager(f, y, 0.1, zeta),
+        lambda f, y: reference.mi_ue_loss(f, y, 0.1, zeta),
+        dtype,
+        device,
+    )
 
 
 @settings(max_examples=40, deadline=None)

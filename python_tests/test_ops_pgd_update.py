@@ -1,4 +1,5 @@
 """pgd_update_ and pgd_update_indexed_: bit-exact against the formula's order of operations."""
+
 import pytest
 import torch
 

@@ -2,6 +2,7 @@
 CPU; fp16 and bf16 on CUDA) and reduced-precision float32 matrix products (TF32). The ops must
 compute in float32 whatever those settings say, so each test compares with the float64
 reference at float32 tolerance."""
+
 import pytest
 import torch
 
@@ -65,8 +66,9 @@ def test_backward_inside_the_autocast_region(device_type, dtype):
     ref = features.detach().cpu().double().requires_grad_(True)
     (ref_grad,) = torch.autograd.grad(reference.mi_ue_loss(ref, y.cpu(), 0.1, 0.1), ref)
     scale = ref_grad.abs().max().item()
-    torch.testing.assert_close(grad.cpu().double(), ref_grad, rtol=TOLERANCE[torch.float32],
-                               atol=TOLERANCE[torch.float32] * scale)
+    torch.testing.assert_close(
+        grad.cpu().double(), ref_grad, rtol=TOLERANCE[torch.float32], atol=TOLERANCE[torch.float32] * scale
+    )
 
 
 @pytest.mark.parametrize("device_type, dtype", autocast_cases())
@@ -135,6 +137,4 @@ def test_backward_rejects_tensors_on_another_device(argument):
     args = {"grad": torch.ones((), device="cuda"), "row_stats": row_stats, "gram": gram}
     args[argument] = args[argument].cpu()
     with pytest.raises(RuntimeError, match=f"{argument} must be on the device of features"):
-        torch.ops.miue.mi_ue_loss_backward(args["grad"], features, y, args["row_stats"], args["gram"],
-                                          0.1, 1.0, 0.1, 0)
-
+        torch.ops.miue.mi_ue_loss_backward(args["grad"], features, y, args["row_stats"], args["gram"], 0.1, 1.0, 0.1, 0)

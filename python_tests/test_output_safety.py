@@ -1,5 +1,6 @@
 """Nothing the user owns is overwritten or deleted: outputs that are inputs, non-regular files,
 checkpoint folders the program did not create, two runs sharing one checkpoint folder."""
+
 import os
 
 import numpy as np
@@ -29,16 +30,18 @@ def one_line_exit_2(capsys, argv, expected):
 
 def test_out_equal_to_the_input_is_refused(data_npz, capsys):
     before = data_npz.read_bytes()
-    one_line_exit_2(capsys, ["generate", "--data", f"npz:{data_npz}", "--out", str(data_npz), *QUICK],
-                    "is also the --data file")
+    one_line_exit_2(
+        capsys, ["generate", "--data", f"npz:{data_npz}", "--out", str(data_npz), *QUICK], "is also the --data file"
+    )
     assert data_npz.read_bytes() == before
 
 
 def test_out_through_another_name_of_the_input_is_refused(data_npz, tmp_path, capsys):
     link = tmp_path / "alias.npz"
     os.symlink(data_npz, link)
-    one_line_exit_2(capsys, ["generate", "--data", f"npz:{data_npz}", "--out", str(link), *QUICK],
-                    "is also the --data file")
+    one_line_exit_2(
+        capsys, ["generate", "--data", f"npz:{data_npz}", "--out", str(link), *QUICK], "is also the --data file"
+    )
 
 
 def test_a_foreign_folder_where_the_checkpoint_would_go_is_kept(tmp_path, capsys):
@@ -81,8 +84,9 @@ def test_two_runs_with_the_same_out_do_not_share_a_checkpoint_folder(tmp_path, c
     (tmp_path / "p.npz.ckpt").mkdir()
     (tmp_path / "p.npz.ckpt" / OWNER_MARKER).touch()
     with exclusive_use(tmp_path / "p.npz.ckpt"):  # stands in for a first run still going
-        one_line_exit_2(capsys, ["generate", "--max-samples", "24", "--out", str(out), *QUICK],
-                        "another miue generate is using")
+        one_line_exit_2(
+            capsys, ["generate", "--max-samples", "24", "--out", str(out), *QUICK], "another miue generate is using"
+        )
     assert not out.exists()
 
 
@@ -92,22 +96,28 @@ def test_stats_refuses_to_write_its_json_over_the_poison(tmp_path, capsys):
     before = poison.read_bytes()
     one_line_exit_2(capsys, ["stats", str(poison), "--json", str(poison)], "is also the poison file")
     one_line_exit_2(capsys, ["stats", str(poison), "--grid", str(poison)], "is also the poison file")
-    one_line_exit_2(capsys, ["stats", str(poison), "--json", str(tmp_path / "x"), "--grid", str(tmp_path / "x")],
-                    "is also the --grid file")
+    one_line_exit_2(
+        capsys,
+        ["stats", str(poison), "--json", str(tmp_path / "x"), "--grid", str(tmp_path / "x")],
+        "is also the --grid file",
+    )
     assert poison.read_bytes() == before
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--eps", "0.1"], "rounds to a budget of 0 pixel levels"),
-    (["--temperature", "inf"], "temperature must be a finite number"),
-    (["--zeta", "inf"], "zeta must be a finite number"),
-    (["--zeta", "nan"], "zeta must be a finite number"),
-    (["--lr", "inf"], "learning rates must be finite"),
-    (["--seed", "99999999999999999999"], "seed must be in [0, 2^32)"),
-    (["--seed", "-1"], "seed must be in [0, 2^32)"),
-    (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N"),
-    (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eps", "0.1"], "rounds to a budget of 0 pixel levels"),
+        (["--temperature", "inf"], "temperature must be a finite number"),
+        (["--zeta", "inf"], "zeta must be a finite number"),
+        (["--zeta", "nan"], "zeta must be a finite number"),
+        (["--lr", "inf"], "learning rates must be finite"),
+        (["--seed", "99999999999999999999"], "seed must be in [0, 2^32)"),
+        (["--seed", "-1"], "seed must be in [0, 2^32)"),
+        (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_bad_settings_end_in_one_line_and_leave_nothing(tmp_path, capsys, args, message):
     """Each of these was a traceback or a silent zero budget before."""
     out = tmp_path / "p.npz"

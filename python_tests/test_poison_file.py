@@ -1,4 +1,5 @@
 """The poison file: exact quantisation, budget, round trip, atomic writes, export."""
+
 import csv
 import json
 import os

@@ -2,6 +2,7 @@
 `miue export` and read back exactly; files written the way TAP, APBench, ISS, EM and AVATAR
 write them read correctly; bad files are one InputError naming the path; and `miue evaluate`,
 `stats` and `mi` judge another tool's poison end to end."""
+
 import json
 import os
 import random
@@ -42,8 +43,9 @@ def _poison(clean: ImageDataset, seed=1) -> PoisonFile:
     rng = np.random.default_rng(seed)
     delta = rng.uniform(-2 * EPS, 2 * EPS, clean.images.shape).astype(np.float32)
     poisoned, perturbation = quantize(clean.images, delta, EPS)
-    return PoisonFile(poisoned, clean.labels.copy(), perturbation, {"eps": EPS, "method": "miue",
-                                                                    "dataset": "cifar10-train"})
+    return PoisonFile(
+        poisoned, clean.labels.copy(), perturbation, {"eps": EPS, "method": "miue", "dataset": "cifar10-train"}
+    )
 
 
 def _exported(tmp_path, fmt, channels=3):
@@ -64,12 +66,14 @@ def _expect_error(match, path, call, *args):
 
 # --- round trips --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("fmt", ["png-index", "em-pt", "avatar-npz"])
 def test_export_then_read_back_is_exact(tmp_path, fmt, channels):
     clean, poison, out = _exported(tmp_path, fmt, channels)
-    target = {"png-index": out, "em-pt": out / "perturbation.pt",
-              "avatar-npz": out / avatar_file_name(poison.meta)}[fmt]
+    target = {"png-index": out, "em-pt": out / "perturbation.pt", "avatar-npz": out / avatar_file_name(poison.meta)}[
+        fmt
+    ]
     for spec in (f"{PREFIX[fmt]}:{target}", str(target)) if fmt != "png-index" else (f"png:{out}", f"png:{out}/data"):
         read = load_any_poison(spec, clean, EPS)
         assert np.array_equal(read.images, poison.images) and read.images.dtype == np.uint8
@@ -111,6 +115,7 @@ def test_the_default_folder_layout_is_unchanged_and_its_tensor_reads_as_em(tmp_p
 
 
 # --- files written as the other tools write them ---------------------------------------------
+
 
 def test_em_sample_wise_and_class_wise_tensors(tmp_path):
     clean = _clean()
@@ -159,6 +164,7 @@ def test_avatar_npz_as_avatar_writes_it(tmp_path, layout):
 
 
 # --- bad inputs ------------------------------------------------------------------------------
+
 
 def test_bad_em_tensors(tmp_path):
     clean = _clean()
@@ -211,8 +217,13 @@ def test_bad_png_folders(tmp_path):
     poison = _poison(clean)
     folder = _png_folder(tmp_path, poison.images)
     (folder / "3.png").unlink()
-    _expect_error(r"1 of the 12 files 0.png .. 11.png are missing \(first: 3.png\)", folder, load_any_poison,
-                  f"png:{folder}", clean)
+    _expect_error(
+        r"1 of the 12 files 0.png .. 11.png are missing \(first: 3.png\)",
+        folder,
+        load_any_poison,
+        f"png:{folder}",
+        clean,
+    )
     Image.fromarray(poison.images[3]).save(folder / "3.png", format="JPEG")  # a JPEG named .png
     _expect_error("a JPEG image, not a PNG", folder / "3.png", load_any_poison, f"png:{folder}", clean)
     Image.fromarray(poison.images[3][:4]).save(folder / "3.png")
@@ -226,8 +237,9 @@ def test_bad_png_folders(tmp_path):
     _expect_error("unexpected entry", folder / "notes.txt", load_any_poison, f"png:{folder}", clean)
     (folder / "notes.txt").unlink()
     Image.fromarray(poison.images[0]).save(folder / "12.png")
-    _expect_error("index 12 is beyond the 12 images of clean", folder / "12.png", load_any_poison,
-                  f"png:{folder}", clean)
+    _expect_error(
+        "index 12 is beyond the 12 images of clean", folder / "12.png", load_any_poison, f"png:{folder}", clean
+    )
     (folder / "12.png").unlink()
     Image.fromarray(255 - clean.images[5]).save(folder / "5.png")  # not made from these clean images
     _expect_error("beyond the budget eps = 8/255; wrong --data", folder, load_any_poison, f"png:{folder}", clean)
@@ -247,8 +259,10 @@ def test_bad_avatar_archives(tmp_path):
     path = tmp_path / "a.npz"
     cases = [
         ({"data": poison.images}, "missing array"),
-        ({"data": poison.images, "targets": np.roll(clean.labels, 1)},
-         r"targets differ from the labels of clean \(row 0"),
+        (
+            {"data": poison.images, "targets": np.roll(clean.labels, 1)},
+            r"targets differ from the labels of clean \(row 0",
+        ),
         ({"data": poison.images.astype(np.float32), "targets": clean.labels}, "data is float32"),
         ({"data": poison.images[:11], "targets": clean.labels[:11]}, r"data of shape \[11, 8, 8, 3\]; expected"),
         ({"data": poison.images, "targets": clean.labels[:11]}, "11 targets for 12 images"),
@@ -301,33 +315,75 @@ def test_evaluate_stats_and_mi_judge_an_exported_em_and_png_poison(tmp_path, cap
     stats = json.loads((tmp_path / "tap_stats.json").read_text())
     assert stats["format"] == "png-index" and stats["images"] == 64 and stats["linf_pixels"]["max"] == 8
     assert (tmp_path / "tap_grid.png").is_file()
-    assert run_command(["stats", em, "--data", train_spec, "--json", str(tmp_path / "em.json"),
-                        "--grid", str(tmp_path / "em.png")]) == 0
+    assert (
+        run_command(
+            ["stats", em, "--data", train_spec, "--json", str(tmp_path / "em.json"), "--grid", str(tmp_path / "em.png")]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "em.json").read_text())["linf_pixels"] == stats["linf_pixels"]
 
     out = tmp_path / "mi.json"  # a report folder of an em: poison (digest checked) and a png: row
-    assert run_command(["mi", str(tmp_path / "ev_em"), f"png:{tmp_path / 'tap'}", "--estimators", "histogram",
-                        "--projections", "4", "--samples", "64", "--out", str(out), *data, "--model", "smallcnn",
-                        "--epochs", "1", "--no-progress"]) == 0
+    assert (
+        run_command(
+            [
+                "mi",
+                str(tmp_path / "ev_em"),
+                f"png:{tmp_path / 'tap'}",
+                "--estimators",
+                "histogram",
+                "--projections",
+                "4",
+                "--samples",
+                "64",
+                "--out",
+                str(out),
+                *data,
+                "--model",
+                "smallcnn",
+                "--epochs",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert [row["row"] for row in json.loads(out.read_text())["rows"]] == ["em-em_run", "png-tap"]
     capsys.readouterr()
 
     torch.save(torch.zeros(64, 3, 16, 16), tmp_path / "em_run" / "perturbation.pt")  # the poison changed
     assert run_command(["mi", str(tmp_path / "ev_em"), "--out", str(out)]) == 2
     assert "has changed since the evaluation" in capsys.readouterr().err
-    assert np.array_equal(load_any_poison(f"png:{tmp_path / 'tap'}", ImageDataset(images, labels, "t")).images,
-                          poisoned)
+    assert np.array_equal(
+        load_any_poison(f"png:{tmp_path / 'tap'}", ImageDataset(images, labels, "t")).images, poisoned
+    )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["evaluate", "--poison", "em:{tmp}/em_run/perturbation.pt", *TINY], "records no data set; pass --data"),
-    (["evaluate", "--poison", "em:{tmp}/missing.pt", *TINY], "no such file"),
-    (["evaluate", "--poison", "{tmp}/em_run", *TINY], "png:{tmp}/em_run"),
-    (["evaluate", "--poison", "em:{tmp}/em_run/perturbation.pt", "--data", "npz:{tmp}/train.npz", "--test-data",
-      "npz:{tmp}/test.npz", "--eps", "4", *TINY], "beyond the budget eps = 4/255; pass --eps 8"),
-    (["stats", "em:{tmp}/em_run/perturbation.pt"], "holds no clean images; pass --data"),
-    (["export", "{tmp}/p.npz", "{tmp}/o", "--format", "tap"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--poison", "em:{tmp}/em_run/perturbation.pt", *TINY], "records no data set; pass --data"),
+        (["evaluate", "--poison", "em:{tmp}/missing.pt", *TINY], "no such file"),
+        (["evaluate", "--poison", "{tmp}/em_run", *TINY], "png:{tmp}/em_run"),
+        (
+            [
+                "evaluate",
+                "--poison",
+                "em:{tmp}/em_run/perturbation.pt",
+                "--data",
+                "npz:{tmp}/train.npz",
+                "--test-data",
+                "npz:{tmp}/test.npz",
+                "--eps",
+                "4",
+                *TINY,
+            ],
+            "beyond the budget eps = 4/255; pass --eps 8",
+        ),
+        (["stats", "em:{tmp}/em_run/perturbation.pt"], "holds no clean images; pass --data"),
+        (["export", "{tmp}/p.npz", "{tmp}/o", "--format", "tap"], "invalid choice"),
+    ],
+)
 def test_commands_refuse_bad_foreign_poisons_with_one_line(tmp_path, capsys, argv, message):
     write_tiny_data(tmp_path)
     with np.load(tmp_path / "train.npz") as data:

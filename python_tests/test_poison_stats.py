@@ -1,4 +1,5 @@
 """`miue stats`: exact norms, PSNR and SSIM on constructed perturbations, the grid, bad inputs."""
+
 import json
 
 import numpy as np
@@ -79,11 +80,14 @@ def test_stats_command_writes_json_and_png(tmp_path, capsys):
     assert "PSNR" in out and "all" in out
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: None, "no such file"),
-    (lambda p: p.write_bytes(b"not a zip"), "not a readable poison file"),
-    (lambda p: np.savez(p, images=np.zeros((2, 4, 4, 3), np.uint8)), "not a poison file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b"not a zip"), "not a readable poison file"),
+        (lambda p: np.savez(p, images=np.zeros((2, 4, 4, 3), np.uint8)), "not a poison file"),
+    ],
+)
 def test_stats_bad_inputs_fail_with_one_line_and_no_output(tmp_path, capsys, make, message):
     path = tmp_path / "bad.npz"
     make(path)

@@ -117,8 +117,8 @@ MIUE_HD PairDistance<acc_t> pair_distance(const LossView<acc_t>& v, int64_t i, i
 // Forward contribution of pair (i, j) to row i's sums (shifted by m_i). A near-duplicate
 // same-class pair adds nothing here; on_exact(j, scale) is called for it instead.
 template <typename acc_t, typename OnExact>
-MIUE_HD void forward_pair(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t c_ij, acc_t m_i,
-                          acc_t offset_i, acc_t& same_sum, acc_t& all_sum, acc_t& dist_sum, OnExact on_exact) {
+MIUE_HD void forward_pair(const LossView<acc_t>& v, int64_t i, int64_t j, acc_t c_ij, acc_t m_i, acc_t offset_i,
+                          acc_t& same_sum, acc_t& all_sum, acc_t& dist_sum, OnExact on_exact) {
   const bool same = v.labels[i] == v.labels[j];
   if (v.sim_weight != acc_t(0)) {
     const acc_t e = std::exp(c_ij * v.inv_t - m_i) + offset_i;
@@ -159,8 +159,8 @@ MIUE_HD acc_t finish_row_loss(const LossView<acc_t>& v, acc_t same_sum, acc_t al
 // (exact_pair_weight gives g (w_i + w_j); the caller recomputes |f_i - f_j| and divides by it).
 // Returns M_ij without g and adds the pair's share of the two row sums (w_sum holds nc_i W_ij).
 template <typename acc_t>
-MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
-                                       acc_t c_ij, acc_t& hc_sum) {
+MIUE_HD acc_t backward_pair_similarity(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j, acc_t c_ij,
+                                       acc_t& hc_sum) {
   const bool same = v.labels[i] == v.labels[j];
   const acc_t* si = stats + i * kNumRowStats;
   const acc_t* sj = stats + j * kNumRowStats;
@@ -189,8 +189,8 @@ MIUE_HD acc_t exact_pair_weight(const acc_t* stats, int64_t i, int64_t j, acc_t 
 // For a same-class pair j != i: its share of M_ij (without g). A near-duplicate pair has none;
 // on_exact(j, scale) is called for it instead.
 template <typename acc_t, typename OnExact>
-MIUE_HD acc_t backward_pair_distance(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
-                                     acc_t c_ij, acc_t& w_sum, OnExact on_exact) {
+MIUE_HD acc_t backward_pair_distance(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j, acc_t c_ij,
+                                     acc_t& w_sum, OnExact on_exact) {
   const PairDistance<acc_t> d = pair_distance(v, i, j, c_ij);
   if (d.exact) {
     on_exact(j, d.scale);
@@ -206,8 +206,8 @@ MIUE_HD acc_t backward_pair_distance(const LossView<acc_t>& v, const acc_t* stat
 }
 
 template <typename acc_t, typename OnExact>
-MIUE_HD acc_t backward_pair(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j,
-                            acc_t c_ij, acc_t& w_sum, acc_t& hc_sum, OnExact on_exact) {
+MIUE_HD acc_t backward_pair(const LossView<acc_t>& v, const acc_t* stats, int64_t i, int64_t j, acc_t c_ij,
+                            acc_t& w_sum, acc_t& hc_sum, OnExact on_exact) {
   acc_t m_ij = 0;
   if (v.sim_weight != acc_t(0)) m_ij += backward_pair_similarity(v, stats, i, j, c_ij, hc_sum);
   if (v.dist_weight != acc_t(0) && j != i && v.labels[i] == v.labels[j])

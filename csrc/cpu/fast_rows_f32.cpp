@@ -27,8 +27,8 @@ std::vector<int32_t> dense_label_ids(const int64_t* labels, int64_t batch) {
 #endif
 
 MIUE_SIMD_CLONES
-ForwardRowSums forward_row_exp_sums(const float* gram_row, const int32_t* ids, int64_t batch, int32_t id_i,
-                                    float inv_t, float m_i, float offset_i) {
+ForwardRowSums forward_row_exp_sums(const float* gram_row, const int32_t* ids, int64_t batch, int32_t id_i, float inv_t,
+                                    float m_i, float offset_i) {
   float same_sum = 0.0f, all_sum = 0.0f;
 #pragma omp simd reduction(+ : same_sum, all_sum)
   for (int64_t j = 0; j < batch; ++j) {
@@ -40,8 +40,8 @@ ForwardRowSums forward_row_exp_sums(const float* gram_row, const int32_t* ids, i
 }
 
 MIUE_SIMD_CLONES
-float backward_row_similarity(const float* gram_row, const ColumnTables& cols, int64_t batch, int64_t i,
-                              float inv_t, float scale, float coeff_scale, float* coeff_row) {
+float backward_row_similarity(const float* gram_row, const ColumnTables& cols, int64_t batch, int64_t i, float inv_t,
+                              float scale, float coeff_scale, float* coeff_row) {
   const float* shift = cols.shift.data();
   const float* inv_same = cols.inv_same.data();
   const float* inv_all = cols.inv_all.data();

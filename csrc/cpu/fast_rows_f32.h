@@ -1,7 +1,7 @@
 // float32 fast path of the CPU row kernels: the O(B^2) exponentials run in loops the compiler
 // vectorises (a branch-free exp, `omp simd` reductions, AVX2 clones chosen at load time), and
-// only same-class pairs take the distance path (near-duplicates through vectorised row loops). float64 keeps the generic per-pair code
-// of pair_math.h, which is also what the CUDA kernels run, so float64 tests cover that code.
+// only same-class pairs take the distance path (near-duplicates through vectorised row loops). float64 keeps the
+// generic per-pair code of pair_math.h, which is also what the CUDA kernels run, so float64 tests cover that code.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -44,8 +44,8 @@ struct ForwardRowSums {
 };
 
 // Row i's shifted sums of e_ij over same-class j and over all j (offset included).
-ForwardRowSums forward_row_exp_sums(const float* gram_row, const int32_t* ids, int64_t batch, int32_t id_i,
-                                    float inv_t, float m_i, float offset_i);
+ForwardRowSums forward_row_exp_sums(const float* gram_row, const int32_t* ids, int64_t batch, int32_t id_i, float inv_t,
+                                    float m_i, float offset_i);
 
 // Writes coeff_row[j] = upstream * H_ij / nc_i (the similarity part of M) and returns
 // sum_j H_ij c_ij. Column tables hold per-row statistics of all B rows.
@@ -53,8 +53,8 @@ struct ColumnTables {
   std::vector<float> shift, inv_same, inv_all;
   std::vector<int32_t> ids;
 };
-float backward_row_similarity(const float* gram_row, const ColumnTables& cols, int64_t batch, int64_t i,
-                              float inv_t, float scale, float coeff_scale, float* coeff_row);
+float backward_row_similarity(const float* gram_row, const ColumnTables& cols, int64_t batch, int64_t i, float inv_t,
+                              float scale, float coeff_scale, float* coeff_row);
 
 // pair_math.h's exact_distance and the near-duplicate gradient row update, vectorised: the
 // pairs of a collapsed class (MI-UE's operating point) all take this path.

@@ -37,7 +37,9 @@ std::optional<class_blocks::ClassBlocks> centred_blocks(const at::Tensor& featur
 }
 
 // Grain sizes: enough work per task to amortise the thread pool for small B.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+}
 
 // |f|^2 of a float row in double: cannot overflow, one vectorised pass.
 inline float row_norm(const float* row, int64_t cols) {
@@ -84,69 +86,69 @@ void normalize_rows_cpu(const at::Tensor& features, at::Tensor& unit, at::Tensor
 
 template <typename scalar_t>
 void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                        double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
-    const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
-    const scalar_t* g = gram.data_ptr<scalar_t>();
-    scalar_t* st = stats.data_ptr<scalar_t>();
-    scalar_t* out = row_loss.data_ptr<scalar_t>();
-    constexpr bool kFast = std::is_same_v<scalar_t, float>;
-    const std::vector<int32_t> ids = kFast ? fast_f32::dense_label_ids(v.labels, v.B) : std::vector<int32_t>();
-    std::optional<class_blocks::ClassBlocks> blocks;
-    if constexpr (kFast) blocks = centred_blocks(features, v, g, gram.size(0), ids);
-    at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t i = row0 + r;
-        const scalar_t m_i = row_shift(v.norms[i], v.inv_t);
-        const scalar_t offset_i = scalar_t(kExpOffset) * std::exp(-m_i);
-        scalar_t same_sum = 0, all_sum = 0, dist_sum = 0;
-        const scalar_t* g_row = g + r * v.B;
-        if constexpr (kFast) {
-          if (v.sim_weight != 0) {
-            const auto sums = fast_f32::forward_row_exp_sums(g_row, ids.data(), v.B, ids[i], v.inv_t, m_i, offset_i);
-            same_sum = sums.same_sum;
-            all_sum = sums.all_sum;
-          }
-          if (v.dist_weight != 0) {
-            const float* fi = v.features + i * v.D;
-            for (int64_t j = 0; j < v.B; ++j) {
-              if (ids[j] != ids[i] || j == i) continue;
-              const PairDistance<float> d = pair_distance(v, i, j, g_row[j]);
-              if (!d.exact) {
-                dist_sum += d.r;
-                continue;
-              }
-              const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
-              dist_sum += centred >= 0 ? float(blocks->scale[blocks->cls[i]] * centred)
-                                       : fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
-            }
-          }
-        } else {
-          const scalar_t* fi = v.features + i * v.D;
-          scalar_t exact_sum = 0;
-          const auto on_exact = [&](int64_t j, scalar_t scale) {
-            exact_sum += exact_distance(fi, v.features + j * v.D, v.D, scale);
-          };
-          for (int64_t j = 0; j < v.B; ++j)
-            forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum, on_exact);
-          dist_sum += exact_sum;
+                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                        at::Tensor& stats, at::Tensor& row_loss) {
+  const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+  const scalar_t* g = gram.data_ptr<scalar_t>();
+  scalar_t* st = stats.data_ptr<scalar_t>();
+  scalar_t* out = row_loss.data_ptr<scalar_t>();
+  constexpr bool kFast = std::is_same_v<scalar_t, float>;
+  const std::vector<int32_t> ids = kFast ? fast_f32::dense_label_ids(v.labels, v.B) : std::vector<int32_t>();
+  std::optional<class_blocks::ClassBlocks> blocks;
+  if constexpr (kFast) blocks = centred_blocks(features, v, g, gram.size(0), ids);
+  at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = row0 + r;
+      const scalar_t m_i = row_shift(v.norms[i], v.inv_t);
+      const scalar_t offset_i = scalar_t(kExpOffset) * std::exp(-m_i);
+      scalar_t same_sum = 0, all_sum = 0, dist_sum = 0;
+      const scalar_t* g_row = g + r * v.B;
+      if constexpr (kFast) {
+        if (v.sim_weight != 0) {
+          const auto sums = fast_f32::forward_row_exp_sums(g_row, ids.data(), v.B, ids[i], v.inv_t, m_i, offset_i);
+          same_sum = sums.same_sum;
+          all_sum = sums.all_sum;
         }
-        scalar_t* s = st + i * kNumRowStats;
-        s[kShift] = m_i;
-        s[kSameSum] = same_sum;
-        s[kAllSum] = all_sum;
-        s[kDistSlope] = distance_slope(v, dist_sum);
-        out[i] = finish_row_loss(v, same_sum, all_sum, dist_sum);
+        if (v.dist_weight != 0) {
+          const float* fi = v.features + i * v.D;
+          for (int64_t j = 0; j < v.B; ++j) {
+            if (ids[j] != ids[i] || j == i) continue;
+            const PairDistance<float> d = pair_distance(v, i, j, g_row[j]);
+            if (!d.exact) {
+              dist_sum += d.r;
+              continue;
+            }
+            const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
+            dist_sum += centred >= 0 ? float(blocks->scale[blocks->cls[i]] * centred)
+                                     : fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
+          }
+        }
+      } else {
+        const scalar_t* fi = v.features + i * v.D;
+        scalar_t exact_sum = 0;
+        const auto on_exact = [&](int64_t j, scalar_t scale) {
+          exact_sum += exact_distance(fi, v.features + j * v.D, v.D, scale);
+        };
+        for (int64_t j = 0; j < v.B; ++j)
+          forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum, on_exact);
+        dist_sum += exact_sum;
       }
-    });
+      scalar_t* s = st + i * kNumRowStats;
+      s[kShift] = m_i;
+      s[kSameSum] = same_sum;
+      s[kAllSum] = all_sum;
+      s[kDistSlope] = distance_slope(v, dist_sum);
+      out[i] = finish_row_loss(v, same_sum, all_sum, dist_sum);
+    }
+  });
 }
 
 void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                      const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                      double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
+                      const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                      at::Tensor& stats, at::Tensor& row_loss) {
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cpu", [&] {
-    rows_forward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight,
-                                 stats, row_loss);
+    rows_forward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight, stats,
+                                 row_loss);
   });
 }
 
@@ -167,93 +169,92 @@ fast_f32::ColumnTables column_tables(const LossView<float>& v, const float* stat
 template <typename scalar_t>
 void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                          const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                         double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
-                         at::Tensor& coeff, at::Tensor& direct) {
-    const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
-    const scalar_t* g = gram.data_ptr<scalar_t>();
-    const scalar_t* st = stats.data_ptr<scalar_t>();
-    const scalar_t upstream = grad.data_ptr<scalar_t>()[0];
-    scalar_t* m = coeff.data_ptr<scalar_t>();
-    scalar_t* out = direct.data_ptr<scalar_t>();
-    constexpr bool kFast = std::is_same_v<scalar_t, float>;
-    fast_f32::ColumnTables cols;
-    std::optional<class_blocks::ClassBlocks> blocks;
-    std::vector<std::vector<float>> centred_coeff;  // per class [n_c, n_c]: the g W_ij of centred pairs
-    if constexpr (kFast) {
-      cols = column_tables(v, st);
-      blocks = centred_blocks(features, v, g, gram.size(0), cols.ids);
-      if (blocks)
-        for (size_t c = 0; c < blocks->gram.size(); ++c)
-          centred_coeff.emplace_back(blocks->size(int32_t(c)) * blocks->size(int32_t(c)), 0.0f);
-    }
-    (void)cols;
-    at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
-      std::vector<float> saved_cosines;  // per task, reused across its rows
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t i = row0 + r;
-        scalar_t w_sum = 0, hc_sum = 0;
-        const scalar_t* g_row = g + r * v.B;
-        scalar_t* m_row = m + r * v.B;
-        scalar_t* out_row = out + r * v.D;  // only this task writes row r
-        const scalar_t* fi = v.features + i * v.D;
-        // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i.
-        const auto on_exact = [&](int64_t j, scalar_t scale) {
-          const scalar_t* fj = v.features + j * v.D;
-          const scalar_t weight = exact_pair_weight(st, i, j, upstream);
-          if constexpr (kFast) {
-            const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
-            if (centred >= 0) {  // weight (g_i - g_j) / r, in the class's scaled units, as row i of M_c
-              const int32_t c = blocks->cls[i];
-              const int64_t n = blocks->size(c), pi = blocks->pos[i];
-              const float coef = weight / centred;
-              centred_coeff[c][pi * n + pi] += coef;
-              centred_coeff[c][pi * n + blocks->pos[j]] -= coef;
-              return;
-            }
-            const float r = fast_f32::exact_distance(fi, fj, v.D, scale);
-            if (r != 0.0f) fast_f32::add_scaled_difference(out_row, fi, fj, v.D, weight, r);
-          } else {
-            const scalar_t r = exact_distance(fi, fj, v.D, scale);
-            if (r != scalar_t(0))
-              for (int64_t k = 0; k < v.D; ++k) out_row[k] += weight * ((fi[k] - fj[k]) / r);
-          }
-        };
+                         double dist_weight, const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff,
+                         at::Tensor& direct) {
+  const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
+  const scalar_t* g = gram.data_ptr<scalar_t>();
+  const scalar_t* st = stats.data_ptr<scalar_t>();
+  const scalar_t upstream = grad.data_ptr<scalar_t>()[0];
+  scalar_t* m = coeff.data_ptr<scalar_t>();
+  scalar_t* out = direct.data_ptr<scalar_t>();
+  constexpr bool kFast = std::is_same_v<scalar_t, float>;
+  fast_f32::ColumnTables cols;
+  std::optional<class_blocks::ClassBlocks> blocks;
+  std::vector<std::vector<float>> centred_coeff;  // per class [n_c, n_c]: the g W_ij of centred pairs
+  if constexpr (kFast) {
+    cols = column_tables(v, st);
+    blocks = centred_blocks(features, v, g, gram.size(0), cols.ids);
+    if (blocks)
+      for (size_t c = 0; c < blocks->gram.size(); ++c)
+        centred_coeff.emplace_back(blocks->size(int32_t(c)) * blocks->size(int32_t(c)), 0.0f);
+  }
+  (void)cols;
+  at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
+    std::vector<float> saved_cosines;  // per task, reused across its rows
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = row0 + r;
+      scalar_t w_sum = 0, hc_sum = 0;
+      const scalar_t* g_row = g + r * v.B;
+      scalar_t* m_row = m + r * v.B;
+      scalar_t* out_row = out + r * v.D;  // only this task writes row r
+      const scalar_t* fi = v.features + i * v.D;
+      // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i.
+      const auto on_exact = [&](int64_t j, scalar_t scale) {
+        const scalar_t* fj = v.features + j * v.D;
+        const scalar_t weight = exact_pair_weight(st, i, j, upstream);
         if constexpr (kFast) {
-          // Tiled, coeff is the Gram block itself: keep the cosines the distances still need.
-          const float* cosines = g_row;
-          if (v.dist_weight != 0 && m_row == g_row) {
-            saved_cosines.assign(g_row, g_row + v.B);
-            cosines = saved_cosines.data();
+          const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
+          if (centred >= 0) {  // weight (g_i - g_j) / r, in the class's scaled units, as row i of M_c
+            const int32_t c = blocks->cls[i];
+            const int64_t n = blocks->size(c), pi = blocks->pos[i];
+            const float coef = weight / centred;
+            centred_coeff[c][pi * n + pi] += coef;
+            centred_coeff[c][pi * n + blocks->pos[j]] -= coef;
+            return;
           }
-          if (v.sim_weight != 0) {
-            const float scale = -v.sim_weight * v.inv_t / float(v.B);
-            hc_sum = fast_f32::backward_row_similarity(g_row, cols, v.B, i, v.inv_t, scale,
-                                                       upstream / clamped_norm(v.norms[i]), m_row);
-          } else {
-            std::fill(m_row, m_row + v.B, 0.0f);
-          }
-          if (v.dist_weight != 0) {
-            for (int64_t j = 0; j < v.B; ++j)
-              if (cols.ids[j] == cols.ids[i] && j != i)
-                m_row[j] += upstream * backward_pair_distance(v, st, i, j, cosines[j], w_sum, on_exact);
-          }
+          const float r = fast_f32::exact_distance(fi, fj, v.D, scale);
+          if (r != 0.0f) fast_f32::add_scaled_difference(out_row, fi, fj, v.D, weight, r);
         } else {
-          for (int64_t j = 0; j < v.B; ++j)
-            m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], w_sum, hc_sum, on_exact);
+          const scalar_t r = exact_distance(fi, fj, v.D, scale);
+          if (r != scalar_t(0))
+            for (int64_t k = 0; k < v.D; ++k) out_row[k] += weight * ((fi[k] - fj[k]) / r);
         }
-        m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
+      };
+      if constexpr (kFast) {
+        // Tiled, coeff is the Gram block itself: keep the cosines the distances still need.
+        const float* cosines = g_row;
+        if (v.dist_weight != 0 && m_row == g_row) {
+          saved_cosines.assign(g_row, g_row + v.B);
+          cosines = saved_cosines.data();
+        }
+        if (v.sim_weight != 0) {
+          const float scale = -v.sim_weight * v.inv_t / float(v.B);
+          hc_sum = fast_f32::backward_row_similarity(g_row, cols, v.B, i, v.inv_t, scale,
+                                                     upstream / clamped_norm(v.norms[i]), m_row);
+        } else {
+          std::fill(m_row, m_row + v.B, 0.0f);
+        }
+        if (v.dist_weight != 0) {
+          for (int64_t j = 0; j < v.B; ++j)
+            if (cols.ids[j] == cols.ids[i] && j != i)
+              m_row[j] += upstream * backward_pair_distance(v, st, i, j, cosines[j], w_sum, on_exact);
+        }
+      } else {
+        for (int64_t j = 0; j < v.B; ++j)
+          m_row[j] = upstream * backward_pair(v, st, i, j, g_row[j], w_sum, hc_sum, on_exact);
       }
-    });
-    if (blocks) class_blocks::add_products(*blocks, centred_coeff, direct);
+      m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
+    }
+  });
+  if (blocks) class_blocks::add_products(*blocks, centred_coeff, direct);
 }
 
 void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                       double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
-                       at::Tensor& coeff, at::Tensor& direct) {
+                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                       const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff, at::Tensor& direct) {
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
-    rows_backward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight,
-                                  stats, grad, coeff, direct);
+    rows_backward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight, stats,
+                                  grad, coeff, direct);
   });
 }
 

@@ -37,8 +37,8 @@ void pgd_update_cpu(at::Tensor& delta, const at::Tensor& x, const at::Tensor& gr
   if (!target.is_same(delta)) delta.copy_(target);
 }
 
-void pgd_update_indexed_cpu(at::Tensor& poison, const at::Tensor& index, const at::Tensor& x,
-                            const at::Tensor& grad, double alpha, double eps, bool check_index) {
+void pgd_update_indexed_cpu(at::Tensor& poison, const at::Tensor& index, const at::Tensor& x, const at::Tensor& grad,
+                            double alpha, double eps, bool check_index) {
   check_indexed_step_inputs(poison, index, x, grad);
   check_step_scalars(alpha, eps);
   const at::Tensor idx = index.to(at::kLong).contiguous();
@@ -61,8 +61,7 @@ void pgd_update_indexed_cpu(at::Tensor& poison, const at::Tensor& index, const a
     // Whole rows per task: each row is one contiguous run in poison, x and grad.
     const int64_t row_grain = std::max<int64_t>(1, kElementGrain / std::max<int64_t>(inner, 1));
     at::parallel_for(0, idx.numel(), row_grain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        step_range(p + ip[b] * inner, xp + b * inner, gp + b * inner, inner, a, e);
+      for (int64_t b = begin; b < end; ++b) step_range(p + ip[b] * inner, xp + b * inner, gp + b * inner, inner, a, e);
     });
   });
   if (!target.is_same(poison)) poison.copy_(target);

@@ -7,13 +7,17 @@ constexpr int kThreads = 256;
 
 struct SumOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 
 // Maximum of non-negative values that keeps a NaN once it has seen one.
 struct MaxKeepNanOp {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return (a != a || a > b) ? a : b; }
+  __device__ T operator()(T a, T b) const {
+    return (a != a || a > b) ? a : b;
+  }
 };
 
 // Reduces `value` over the block with identity 0 and returns the result to every thread.

@@ -78,8 +78,7 @@ __global__ void rows_forward_kernel(LossView<T> v, const T* gram, int64_t row0, 
     bool flag = false;
     T scale = 0;
     if (j < v.B)
-      forward_pair(v, i, j, gram[r * v.B + j], m_i, offset_i, same_sum, all_sum, dist_sum,
-                   FlagExact<T>{&flag, &scale});
+      forward_pair(v, i, j, gram[r * v.B + j], m_i, offset_i, same_sum, all_sum, dist_sum, FlagExact<T>{&flag, &scale});
     exact_flag[threadIdx.x] = flag;
     exact_scale[threadIdx.x] = scale;
     if (__syncthreads_or(flag)) {  // a barrier too: the flags are visible to all threads
@@ -103,8 +102,8 @@ __global__ void rows_forward_kernel(LossView<T> v, const T* gram, int64_t row0, 
 
 // `coeff` may alias `gram`: each element is read before the same thread overwrites it.
 template <typename T>
-__global__ void rows_backward_kernel(LossView<T> v, const T* gram, int64_t row0, const T* stats,
-                                     const T* grad, T* coeff, T* direct) {
+__global__ void rows_backward_kernel(LossView<T> v, const T* gram, int64_t row0, const T* stats, const T* grad,
+                                     T* coeff, T* direct) {
   __shared__ bool exact_flag[kThreads];
   __shared__ T exact_scale[kThreads];
   const int64_t r = blockIdx.x, i = row0 + r;
@@ -150,8 +149,8 @@ void normalize_rows_cuda(const at::Tensor& features, at::Tensor& unit, at::Tenso
 }
 
 void rows_forward_cuda(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                       double dist_weight, at::Tensor& stats, at::Tensor& row_loss) {
+                       const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                       at::Tensor& stats, at::Tensor& row_loss) {
   const c10::cuda::CUDAGuard guard(features.device());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cuda", [&] {
     const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
@@ -162,9 +161,8 @@ void rows_forward_cuda(const at::Tensor& features, const at::Tensor& norms, cons
 }
 
 void rows_backward_cuda(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
-                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
-                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff,
-                        at::Tensor& direct) {
+                        const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
+                        const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff, at::Tensor& direct) {
   const c10::cuda::CUDAGuard guard(features.device());
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cuda", [&] {
     const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);

@@ -29,8 +29,8 @@ __global__ void pgd_update_kernel(T* delta, const T* x, const T* grad, T alpha, 
 }
 
 template <typename T>
-__global__ void pgd_update_indexed_kernel(T* poison, const int64_t* index, const T* x, const T* grad, T alpha,
-                                          T eps, int64_t rows, int64_t inner, int64_t n) {
+__global__ void pgd_update_indexed_kernel(T* poison, const int64_t* index, const T* x, const T* grad, T alpha, T eps,
+                                          int64_t rows, int64_t inner, int64_t n) {
   for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(blockDim.x) * gridDim.x) {
     const int64_t b = k / inner, col = k - b * inner;
     const int64_t target = index[b];
@@ -50,15 +50,15 @@ void pgd_update_cuda(at::Tensor& delta, const at::Tensor& x, const at::Tensor& g
   if (n == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "pgd_update_cuda", [&] {
     pgd_update_kernel<scalar_t><<<step_blocks(n), kStepThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        target.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(alpha), static_cast<scalar_t>(eps), n);
+        target.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), static_cast<scalar_t>(alpha),
+        static_cast<scalar_t>(eps), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (!target.is_same(delta)) delta.copy_(target);
 }
 
-void pgd_update_indexed_cuda(at::Tensor& poison, const at::Tensor& index, const at::Tensor& x,
-                             const at::Tensor& grad, double alpha, double eps, bool check_index) {
+void pgd_update_indexed_cuda(at::Tensor& poison, const at::Tensor& index, const at::Tensor& x, const at::Tensor& grad,
+                             double alpha, double eps, bool check_index) {
   check_indexed_step_inputs(poison, index, x, grad);
   check_step_scalars(alpha, eps);
   const c10::cuda::CUDAGuard guard(poison.device());
@@ -68,8 +68,8 @@ void pgd_update_indexed_cuda(at::Tensor& poison, const at::Tensor& index, const 
     // One host sync; callers in a hot loop validate once and pass check_index=False.
     const auto range = at::aminmax(idx);
     const int64_t lo = std::get<0>(range).item<int64_t>(), hi = std::get<1>(range).item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < rows, "index holds values in [", lo, ", ", hi, "], out of range for poison with N = ",
-                rows, " rows (expected 0 <= index < N)");
+    TORCH_CHECK(lo >= 0 && hi < rows, "index holds values in [", lo, ", ", hi,
+                "], out of range for poison with N = ", rows, " rows (expected 0 <= index < N)");
   }
   at::Tensor target = poison.is_contiguous() ? poison : poison.contiguous();
   const at::Tensor xc = x.contiguous(), gc = grad.contiguous();

@@ -5,6 +5,7 @@ included, its inputs not). CUDA: torch.cuda.max_memory_allocated. CPU: the runni
 allocations and frees that torch's CPU allocator reports to the profiler (profile_memory=True);
 memory that BLAS/OpenMP allocate on their own is not seen.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,7 @@ import time
 import torch
 
 from miue_ext.bench.runners import Runner
+
 
 def synchronize(device) -> None:
     if torch.device(device).type == "cuda":
@@ -59,8 +61,11 @@ def peak_extra_bytes(runner: Runner, device) -> int:
 
     with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         runner.run()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
     live = peak = 0
     for _, nbytes in events:  # frees of memory allocated before the region are not reported
         live += nbytes
@@ -82,8 +87,7 @@ def seconds_per_call(runner: Runner, device, calls: int = 1) -> float:
     return total / calls
 
 
-def plan_rounds(estimate_s: float, budget_s: float, device, has_setup: bool, max_rounds: int = 50,
-                min_rounds: int = 1):
+def plan_rounds(estimate_s: float, budget_s: float, device, has_setup: bool, max_rounds: int = 50, min_rounds: int = 1):
     """(rounds, calls per round): about budget_s in all, at least 3 rounds unless one call takes
     over max(budget, 0.5 s); on CUDA, rounds of >= 2 ms so the synchronisation is noise."""
     calls = 1
@@ -112,4 +116,3 @@ def measure(runner: Runner, device, budget_s: float, warm_calls: int = 1) -> dic
     rounds, calls = plan_rounds(estimate, budget_s, device, runner.setup is not None)
     samples = [seconds_per_call(runner, device, calls) for _ in range(rounds)]
     return {"median_s": statistics.median(samples), "rounds": rounds, "peak_extra_bytes": peak}
-

@@ -1,15 +1,16 @@
 """The providers the benchmarks compare, as runners: one callable per (op, mode, provider, size).
 
-  fused     miue_ext.ops, the fused kernels
-  eager     idiomatic PyTorch in the input's dtype (miue_ext.reference.mi_ue_loss_eager:
-            normalize + matmul + cdist; for the update, miue_ext.reference.pgd_update)
-  authors   the structure of the authors' released code: a [B, B, D] broadcast for the cosines
-            and a per-row Python loop for the distances (miue_ext.reference.mi_ue_loss_authors)
-  compiled  torch.compile(eager), shapes static
-  floor     what no implementation can skip: the B x B x D matrix products of the loss
-            (Z Z^T forward, two products backward: 1, 2 or 3 of them by mode) into preallocated
-            outputs; for the update, a copy that moves as many bytes (read 3 tensors, write 1)
+fused     miue_ext.ops, the fused kernels
+eager     idiomatic PyTorch in the input's dtype (miue_ext.reference.mi_ue_loss_eager:
+          normalize + matmul + cdist; for the update, miue_ext.reference.pgd_update)
+authors   the structure of the authors' released code: a [B, B, D] broadcast for the cosines
+          and a per-row Python loop for the distances (miue_ext.reference.mi_ue_loss_authors)
+compiled  torch.compile(eager), shapes static
+floor     what no implementation can skip: the B x B x D matrix products of the loss
+          (Z Z^T forward, two products backward: 1, 2 or 3 of them by mode) into preallocated
+          outputs; for the update, a copy that moves as many bytes (read 3 tensors, write 1)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -174,9 +175,11 @@ def loss_runner(op: str, mode: str, provider: str, features, labels) -> Runner:
     if mode == "fwd":  # with grad enabled, as in training: the forward saves what backward needs
         return Runner(lambda: loss_fn(leaf, labels))
     if mode == "fwd+bwd":
+
         def forward_backward():
             leaf.grad = None
             loss_fn(leaf, labels).backward()
+
         return Runner(forward_backward)
     pending = {}
 
@@ -232,8 +235,11 @@ def pgd_runner(provider: str, shape, device) -> Runner:
         source = torch.rand(2 * delta.numel(), device=device)
         target = torch.empty_like(source)
         return Runner(lambda: target.copy_(source))
-    update = {"fused": lambda d, a, g: ops.pgd_update_(d, a, g, ALPHA, EPS), "eager": pgd_eager_,
-              "compiled": compiled("pgd_update_", pgd_eager_)}[provider]
+    update = {
+        "fused": lambda d, a, g: ops.pgd_update_(d, a, g, ALPHA, EPS),
+        "eager": pgd_eager_,
+        "compiled": compiled("pgd_update_", pgd_eager_),
+    }[provider]
     return Runner(lambda: update(delta, x, grad))
 
 
@@ -260,4 +266,3 @@ def loss_min_bytes(batch: int, dim: int, mode: str, itemsize: int = 4) -> int:
 
 def pgd_bytes(elements: int, itemsize: int = 4) -> int:
     return 4 * elements * itemsize  # read delta, x, grad; write delta
-

@@ -3,6 +3,7 @@ medians, ratios and peak extra memory. The providers (runners.py) and the measur
 (measure.py) are shared with the pytest-benchmark suite in benchmarks/, so both measure exactly
 the same code; this package needs no source tree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,15 @@ import math
 import torch
 
 from miue_ext.bench import (
-    IMAGE_SHAPE, LOSS_PROVIDERS, PGD_PROVIDERS, authors_fits, loss_inputs, loss_runner, measure, pgd_runner)
+    IMAGE_SHAPE,
+    LOSS_PROVIDERS,
+    PGD_PROVIDERS,
+    authors_fits,
+    loss_inputs,
+    loss_runner,
+    measure,
+    pgd_runner,
+)
 from miue_ext.commands.common import device_name, resolve_device
 
 
@@ -45,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
     skip = {"compiled"} if (args.quick or args.no_compile) else set()
-    print(f"miue bench: torch {torch.__version__}, device {device_name(device, hardware_only=True)}, "
-          f"{torch.get_num_threads()} CPU threads, median of about {budget:g} s per row")
+    print(
+        f"miue bench: torch {torch.__version__}, device {device_name(device, hardware_only=True)}, "
+        f"{torch.get_num_threads()} CPU threads, median of about {budget:g} s per row"
+    )
     header = ["op / size", "provider", "median ms", "x eager", "x authors", "/ floor", "peak extra MB"]
     rows = []
     for op, mode, size in cli_cases(device, args.quick):
@@ -57,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             batch, dim, classes = size
             features, labels = loss_inputs(batch, dim, classes, device)
-            providers = [p for p in LOSS_PROVIDERS if p not in skip
-                         and (p != "authors" or (authors_fits(batch, dim, device) and batch * batch * dim <= 1 << 27))]
+            providers = [
+                p
+                for p in LOSS_PROVIDERS
+                if p not in skip
+                and (p != "authors" or (authors_fits(batch, dim, device) and batch * batch * dim <= 1 << 27))
+            ]
             make = lambda p: loss_runner(op, mode, p, features, labels)  # noqa: E731
         for provider in providers:
             results[provider] = measure(make(provider), device, budget)
@@ -66,11 +81,22 @@ def run(args: argparse.Namespace) -> int:
             t = result["median_s"]
             speedup = lambda base: f"{results[base]['median_s'] / t:.2f}" if base in results else "-"  # noqa: E731
             over_floor = f"{t / results['floor']['median_s']:.2f}" if "floor" in results else "-"
-            rows.append([_row_label(op, mode, size), provider, f"{1e3 * t:.3f}", speedup("eager"),
-                         speedup("authors"), over_floor, f"{result['peak_extra_bytes'] / 2**20:.1f}"])
+            rows.append(
+                [
+                    _row_label(op, mode, size),
+                    provider,
+                    f"{1e3 * t:.3f}",
+                    speedup("eager"),
+                    speedup("authors"),
+                    over_floor,
+                    f"{result['peak_extra_bytes'] / 2**20:.1f}",
+                ]
+            )
     print(format_table(header, rows))
-    print("x eager / x authors: their median over this one's (higher is faster); / floor: this one's "
-          "median over the unavoidable matrix products (loss) or an equal-bytes copy (update).")
+    print(
+        "x eager / x authors: their median over this one's (higher is faster); / floor: this one's "
+        "median over the unavoidable matrix products (loss) or an equal-bytes copy (update)."
+    )
     return 0
 
 
@@ -79,4 +105,3 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
-

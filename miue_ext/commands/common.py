@@ -3,6 +3,7 @@ the per-device default epochs, the log writer, and the version stamp of what a r
 
 Device resolution, naming and the version stamp are defined in miue_ext.runtime (the
 generation engine and the report writers, below the commands, use them too)."""
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,7 @@ def default_epochs(table: dict[str, int], device_type: str) -> int:
 
 
 def epochs_help(table: dict[str, int]) -> str:
-    """"(default N on CUDA, M on CPU)" for an --epochs help text."""
+    """The text "(default N on CUDA, M on CPU)" for an --epochs help text."""
     return f"(default {table['cuda']} on CUDA, {table['cpu']} on CPU)"
 
 
@@ -36,5 +37,13 @@ def logger(progress: bool) -> Callable[[str], None]:
     return lambda line: tqdm.write(line, file=sys.stdout)
 
 
-__all__ = ["GENERATE_EPOCHS", "VICTIM_EPOCHS", "default_epochs", "device_name", "epochs_help", "logger",
-           "resolve_device", "versions"]
+__all__ = [
+    "GENERATE_EPOCHS",
+    "VICTIM_EPOCHS",
+    "default_epochs",
+    "device_name",
+    "epochs_help",
+    "logger",
+    "resolve_device",
+    "versions",
+]

@@ -15,6 +15,7 @@ examples:
   miue evaluate --poison poison.npz --defense at:4 --model resnet18 --device cuda
   miue evaluate --poison em:em_run/perturbation.pt --data cifar10 --defense jpeg:10
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,23 +31,39 @@ from miue_ext.poison_formats import SPEC_HELP, poison_exists, poison_label
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poison", required=True, help=f"poison .npz | {SPEC_HELP} | clean | random")
-    p.add_argument("--data", help="data set of the clean images (default: the one recorded in the poison "
-                                  "file, else patches): patches | digits | cifar10 | cifar100 | imagefolder:PATH | "
-                                  "tiny-imagenet:PATH | imagenet100:PATH | mini-imagenet:PATH | npz:PATH")
-    p.add_argument("--test-data", help="clean test set (default: the test split of --data; required for "
-                                       "npz:PATH and imagefolder:PATH data)")
+    p.add_argument(
+        "--data",
+        help="data set of the clean images (default: the one recorded in the poison "
+        "file, else patches): patches | digits | cifar10 | cifar100 | imagefolder:PATH | "
+        "tiny-imagenet:PATH | imagenet100:PATH | mini-imagenet:PATH | npz:PATH",
+    )
+    p.add_argument(
+        "--test-data",
+        help="clean test set (default: the test split of --data; required for npz:PATH and imagefolder:PATH data)",
+    )
     p.add_argument("--root", help="folder of the CIFAR files")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
     add_image_arguments(p)  # the same --image-size as the poison was generated with
-    p.add_argument("--eps", type=float, default=8.0, help="budget of `random` (and the bound of a png:/em:/avatar: "
-                                                          "poison) in 1/255 units (default 8)")
-    p.add_argument("--model", default="auto", help=f"victim: {' | '.join(VICTIM_NAMES)} (default: "
-                   f"{DEFAULT_VICTIM['cpu']} on CPU, {DEFAULT_VICTIM['cuda']} on CUDA; never the default surrogate)")
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=8.0,
+        help="budget of `random` (and the bound of a png:/em:/avatar: poison) in 1/255 units (default 8)",
+    )
+    p.add_argument(
+        "--model",
+        default="auto",
+        help=f"victim: {' | '.join(VICTIM_NAMES)} (default: "
+        f"{DEFAULT_VICTIM['cpu']} on CPU, {DEFAULT_VICTIM['cuda']} on CUDA; never the default surrogate)",
+    )
     p.add_argument("--defense", default="none", help=" | ".join(DEFENSE_NAMES) + " (default none)")
     p.add_argument("--epochs", type=int, help=f"victim epochs {epochs_help(VICTIM_EPOCHS)}")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, help="SGD learning rate, cosine decay to 0 (default 0.1; 0.03 for "
-                                            "plaincnn, which has no batch norm)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="SGD learning rate, cosine decay to 0 (default 0.1; 0.03 for plaincnn, which has no batch norm)",
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -84,17 +101,30 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else default_lr(model_name)
     if not (math.isfinite(lr) and lr > 0):
         raise InputError(f"--lr must be a finite number > 0, got {lr:g}")
-    config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
-                         seed=args.seed)
+    config = TrainConfig(
+        epochs=epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay, seed=args.seed
+    )
     data_spec = data_spec_for(args.poison, args.data)
     train, test = load_data(data_spec, args.root, args.download, args.test_data, **load_kwargs(args))
     log = logger(args.progress)
-    result = evaluate_poison(args.poison, train, test, data_spec, model_name, config, defense,
-                             random_eps=args.eps / 255, device=device, progress=args.progress, log=log)
+    result = evaluate_poison(
+        args.poison,
+        train,
+        test,
+        data_spec,
+        model_name,
+        config,
+        defense,
+        random_eps=args.eps / 255,
+        device=device,
+        progress=args.progress,
+        log=log,
+    )
     with writing(out):  # e.g. a full disk: one line naming the folder; the staging folder is removed
         write_report(out, result.report, result.model.state_dict())
     report = result.report
-    log(f"{report['poison']['name']}: final clean test accuracy {100 * report['final_test_acc']:.2f}%, peak "
-        f"{100 * report['peak_test_acc']:.2f}% (epoch {report['peak_epoch']}), {report['wall_time_s']:.0f}s -> {out}/")
+    log(
+        f"{report['poison']['name']}: final clean test accuracy {100 * report['final_test_acc']:.2f}%, peak "
+        f"{100 * report['peak_test_acc']:.2f}% (epoch {report['peak_epoch']}), {report['wall_time_s']:.0f}s -> {out}/"
+    )
     return 0
-

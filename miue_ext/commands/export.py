@@ -19,6 +19,7 @@ examples:
   miue export poison.npz poison_em/ --format em-pt
   miue export photos_poison.npz photos_protected/ --format imagefolder
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ from miue_ext.poison_formats import EXPORT_FORMATS
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("poison", help="a poison .npz written by `miue generate`")
     parser.add_argument("out_dir", help="folder to create (must not exist)")
-    parser.add_argument("--format", default="folder", choices=EXPORT_FORMATS,
-                        help="layout of the folder (default folder; see above)")
+    parser.add_argument(
+        "--format", default="folder", choices=EXPORT_FORMATS, help="layout of the folder (default folder; see above)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out_dir)  # "link/" names the link itself, as the folder would be created in its place
     if out.is_symlink():  # never write through a link, even one that points nowhere (yet)
-        raise InputError(f"{args.out_dir} is a symbolic link (to {os.readlink(out)}); "
-                         "refusing to write through it: choose a new folder")
+        raise InputError(
+            f"{args.out_dir} is a symbolic link (to {os.readlink(out)}); "
+            "refusing to write through it: choose a new folder"
+        )
     poison = load_poison(args.poison)
     with writing(args.out_dir):  # a full disk: one line naming the folder; the staging folder is removed
         summary = export_poison(poison, args.out_dir, args.format)

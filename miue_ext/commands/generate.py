@@ -12,6 +12,7 @@ examples:
   miue generate --resume            # continue an interrupted run from poison.npz.ckpt/
   torchrun --nproc-per-node 4 -m miue_ext generate --data cifar10 --root ~/data   # 4 GPUs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,13 @@ from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data and output")
-    data.add_argument("--data", default="patches", metavar="SPEC",
-                      help="patches (default) | digits | cifar10 | cifar100 | imagefolder:PATH | tiny-imagenet:PATH | "
-                           "imagenet100:PATH | mini-imagenet:PATH | npz:PATH")
+    data.add_argument(
+        "--data",
+        default="patches",
+        metavar="SPEC",
+        help="patches (default) | digits | cifar10 | cifar100 | imagefolder:PATH | tiny-imagenet:PATH | "
+        "imagenet100:PATH | mini-imagenet:PATH | npz:PATH",
+    )
     data.add_argument("--root", metavar="DIR", help="folder of the CIFAR files (cifar10/cifar100)")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --root")
     add_image_arguments(data)  # --image-size, --resize-to, --cache-dir
@@ -37,65 +42,131 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--out", default="poison.npz", metavar="FILE", help="poison file to write (default: poison.npz)")
 
     method = p.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default="miue",
-                        help="miue (default) or em: error-minimizing noise (objective ce, 20 steps of 0.8/255, stop rule)")
+    method.add_argument(
+        "--method",
+        choices=METHODS,
+        default="miue",
+        help="miue (default) or em: error-minimizing noise (objective ce, 20 steps of 0.8/255, stop rule)",
+    )
     method.add_argument("--objective", choices=OBJECTIVES, help="mi (default for miue) | sim | cos | ce")
     method.add_argument("--mode", choices=MODES, help="samplewise (default) or classwise")
     method.add_argument("--epochs", type=int, metavar="E", help=f"min-min epochs {epochs_help(GENERATE_EPOCHS)}")
     method.add_argument("--steps", type=int, metavar="K", help="perturbation steps K per batch and epoch (default 10)")
     method.add_argument("--eps", type=float, metavar="PIXELS", help="L-inf budget in 1/255 units (default 8)")
-    method.add_argument("--alpha", metavar="A|START:END|auto", help="step size in 1/255 units: A, or START:END for a "
-                        "linear schedule over the epochs, or auto (the default): the paper's 0.2:4/K with START "
-                        "scaled by 100/epochs in shorter runs, at most eps/4 (20 epochs: 1:4/K)")
-    method.add_argument("--zeta", type=float, metavar="Z",
-                        help="weight of L_dist (default 0, the authors' released setting; the paper's full method: 0.1)")
+    method.add_argument(
+        "--alpha",
+        metavar="A|START:END|auto",
+        help="step size in 1/255 units: A, or START:END for a "
+        "linear schedule over the epochs, or auto (the default): the paper's 0.2:4/K with START "
+        "scaled by 100/epochs in shorter runs, at most eps/4 (20 epochs: 1:4/K)",
+    )
+    method.add_argument(
+        "--zeta",
+        type=float,
+        metavar="Z",
+        help="weight of L_dist (default 0, the authors' released setting; the paper's full method: 0.1)",
+    )
     method.add_argument("--temperature", type=float, metavar="T", help="temperature of L_sim (default 0.1)")
-    method.add_argument("--augment-perturbation", dest="perturb_augment", action="store_true", default=None,
-                        help="every perturbation step sees a random 4-pixel shift and flip of x + delta (the "
-                             "victim's standard augmentation; not in the paper, and no better on patches)")
-    method.add_argument("--perturb-flip", dest="perturb_flip", action="store_true", default=None,
-                        help="randomly flip the clean image (not delta) in the perturbation stage too, as the "
-                             "authors' released command does")
-    method.add_argument("--no-train-clamp", dest="train_clamp", action="store_false", default=None,
-                        help="do not clamp x + delta to [0, 1] while training the surrogate (the authors' "
-                             "loop does not; the perturbation steps always project)")
+    method.add_argument(
+        "--augment-perturbation",
+        dest="perturb_augment",
+        action="store_true",
+        default=None,
+        help="every perturbation step sees a random 4-pixel shift and flip of x + delta (the "
+        "victim's standard augmentation; not in the paper, and no better on patches)",
+    )
+    method.add_argument(
+        "--perturb-flip",
+        dest="perturb_flip",
+        action="store_true",
+        default=None,
+        help="randomly flip the clean image (not delta) in the perturbation stage too, as the "
+        "authors' released command does",
+    )
+    method.add_argument(
+        "--no-train-clamp",
+        dest="train_clamp",
+        action="store_false",
+        default=None,
+        help="do not clamp x + delta to [0, 1] while training the surrogate (the authors' "
+        "loop does not; the perturbation steps always project)",
+    )
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
-    method.add_argument("--stop-accuracy", type=float, metavar="PERCENT",
-                        help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)")
+    method.add_argument(
+        "--stop-accuracy",
+        type=float,
+        metavar="PERCENT",
+        help="stop once the surrogate's poisoned-train accuracy exceeds this %% (em: 99)",
+    )
     method.add_argument("--no-stop-rule", action="store_true", help="em without its stop rule")
 
     surrogate = p.add_argument_group("surrogate training")
-    surrogate.add_argument("--model", default="auto", metavar="NAME", help=f"{' | '.join(MODEL_NAMES)} (default: "
-                           f"{DEFAULT_SURROGATE['cuda']} on CUDA, {DEFAULT_SURROGATE['cpu']} on CPU)")
-    surrogate.add_argument("--feature-layer", metavar="NAME", help="name of the layer whose output is the feature vector")
+    surrogate.add_argument(
+        "--model",
+        default="auto",
+        metavar="NAME",
+        help=f"{' | '.join(MODEL_NAMES)} (default: "
+        f"{DEFAULT_SURROGATE['cuda']} on CUDA, {DEFAULT_SURROGATE['cpu']} on CPU)",
+    )
+    surrogate.add_argument(
+        "--feature-layer", metavar="NAME", help="name of the layer whose output is the feature vector"
+    )
     surrogate.add_argument("--batch-size", type=int, metavar="B", help="surrogate training batch (default 128)")
     surrogate.add_argument("--poison-batch-size", type=int, metavar="B", help="perturbation batch (default 512)")
     surrogate.add_argument("--lr", type=float, help="surrogate SGD learning rate (default 0.1)")
-    surrogate.add_argument("--no-flip", dest="flip", action="store_false", default=None,
-                           help="no random horizontal flip while training the surrogate")
+    surrogate.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_false",
+        default=None,
+        help="no random horizontal flip while training the surrogate",
+    )
 
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", metavar="DEV", help="auto (default) | cpu | cuda | cuda:N")
     run.add_argument("--seed", type=int, help="random seed (default 0)")
-    run.add_argument("--deterministic", action="store_true", default=None,
-                     help="deterministic kernels: same seed and device give a bit-identical poison")
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="deterministic kernels: same seed and device give a bit-identical poison",
+    )
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the surrogate")
     run.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
-    run.add_argument("--storage", choices=STORAGES, help="where images and delta live: resident on the device, "
-                     "stream (chunks from host memory, delta in memory-mapped files beside the checkpoint) or "
-                     "auto (the default: stream only when resident data would take over half the free memory)")
-    run.add_argument("--stream-dtype", choices=STREAM_DTYPES,
-                     help="dtype of a streamed run's delta files (default float16; float32 matches resident exactly)")
-    run.add_argument("--chunk-size", dest="chunk_rows", type=int, metavar="N",
-                     help="images per streamed chunk (default: about 64 MiB of float32 delta; whole batches)")
-    run.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.ckpt, removed after success)")
+    run.add_argument(
+        "--storage",
+        choices=STORAGES,
+        help="where images and delta live: resident on the device, "
+        "stream (chunks from host memory, delta in memory-mapped files beside the checkpoint) or "
+        "auto (the default: stream only when resident data would take over half the free memory)",
+    )
+    run.add_argument(
+        "--stream-dtype",
+        choices=STREAM_DTYPES,
+        help="dtype of a streamed run's delta files (default float16; float32 matches resident exactly)",
+    )
+    run.add_argument(
+        "--chunk-size",
+        dest="chunk_rows",
+        type=int,
+        metavar="N",
+        help="images per streamed chunk (default: about 64 MiB of float32 delta; whole batches)",
+    )
+    run.add_argument(
+        "--checkpoint-dir", metavar="DIR", help="checkpoint folder (default: OUT.ckpt, removed after success)"
+    )
     run.add_argument("--checkpoint-every", type=int, metavar="N", help="epochs between checkpoints (default 1)")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     run.add_argument("--keep-checkpoint", action="store_true", help="keep the default checkpoint folder")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    run.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
-                     help="under torchrun: how long a rank waits for the others before the job fails (default 300)")
+    run.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before the job fails (default 300)",
+    )
 
 
 def _alpha(text: str | None, epochs: int, eps: float) -> tuple[float | None, float | None]:
@@ -133,15 +204,34 @@ def build_config(args: argparse.Namespace, device_type: str):
     alpha = args.alpha if args.alpha is not None or args.method != "miue" else "auto"
     alpha_start, alpha_end = _alpha(alpha, epochs, 8 / 255 if args.eps is None else args.eps / 255)
     config = GenerationConfig.for_method(
-        args.method, objective=args.objective, mode=args.mode, epochs=epochs, steps=args.steps,
-        eps=None if args.eps is None else args.eps / 255, alpha_start=alpha_start, alpha_end=alpha_end,
-        zeta=args.zeta, temperature=args.temperature, batch_size=args.batch_size,
-        poison_batch_size=args.poison_batch_size, lr=args.lr, flip=args.flip, perturb_augment=args.perturb_augment,
-        perturb_flip=args.perturb_flip, train_clamp=args.train_clamp,
+        args.method,
+        objective=args.objective,
+        mode=args.mode,
+        epochs=epochs,
+        steps=args.steps,
+        eps=None if args.eps is None else args.eps / 255,
+        alpha_start=alpha_start,
+        alpha_end=alpha_end,
+        zeta=args.zeta,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        poison_batch_size=args.poison_batch_size,
+        lr=args.lr,
+        flip=args.flip,
+        perturb_augment=args.perturb_augment,
+        perturb_flip=args.perturb_flip,
+        train_clamp=args.train_clamp,
         random_start=args.random_start,
-        stop_accuracy=stop, seed=args.seed, deterministic=args.deterministic, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, checkpoint_every=args.checkpoint_every,
-        storage=args.storage, stream_dtype=args.stream_dtype, chunk_rows=args.chunk_rows,
+        stop_accuracy=stop,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        checkpoint_every=args.checkpoint_every,
+        storage=args.storage,
+        stream_dtype=args.stream_dtype,
+        chunk_rows=args.chunk_rows,
     )
     if args.no_stop_rule:
         config.stop_accuracy = None
@@ -155,8 +245,9 @@ def _check_out(args: argparse.Namespace) -> None:
     from miue_ext.output_safety import check_checkpoint_dir, check_output_path, data_file_of
 
     out = args.out
-    check_output_path(out, "--out", [("the --data file", data_file_of(args.data)),
-                                     ("the checkpoint folder", _checkpoint_dir(args))])
+    check_output_path(
+        out, "--out", [("the --data file", data_file_of(args.data)), ("the checkpoint folder", _checkpoint_dir(args))]
+    )
     try:  # fail now, not after hours of work
         check_writable(out)
     except OSError as err:
@@ -195,18 +286,23 @@ def _remove_stale_temporaries(folder: Path) -> list[Path]:
 
 def _log_removed(log, folder: Path, removed: list[Path]) -> None:
     if removed:
-        log(f"removed {len(removed)} temporary file(s) of an interrupted checkpoint write from {folder}: "
-            + ", ".join(path.name for path in removed))
+        log(
+            f"removed {len(removed)} temporary file(s) of an interrupted checkpoint write from {folder}: "
+            + ", ".join(path.name for path in removed)
+        )
 
 
 def _announce(log, args, config, dataset, device, processes: str = "") -> None:
-    log(f"generating {args.method} ({config.objective}, {config.mode}) for {dataset.name}: {len(dataset)} images, "
+    log(
+        f"generating {args.method} ({config.objective}, {config.mode}) for {dataset.name}: {len(dataset)} images, "
         f"{dataset.num_classes} classes, eps {config.eps * 255:g}/255, {config.epochs} epochs x {config.steps} steps, "
-        f"device {device}{processes}")
+        f"device {device}{processes}"
+    )
 
 
-def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = None, delta=None,
-                  rows: int | None = None) -> None:
+def _write_poison(
+    args, config, dataset, result, log, extra_meta: dict | None = None, delta=None, rows: int | None = None
+) -> None:
     """Write and verify the poison file. `delta`: the rows to write if not result.delta (a streamed
     group's GatheredRows); `rows`: how many the writer reads at a time."""
     from miue_ext.generate.run_summary import poison_meta, summary_lines
@@ -215,14 +311,25 @@ def _write_poison(args, config, dataset, result, log, extra_meta: dict | None = 
     meta = poison_meta(args.method, config, result, dataset)
     # How to rebuild the clean rows: `miue evaluate`/`mi` reload them, and `miue export --format
     # imagefolder` writes each poisoned image under its source's relative path.
-    meta["data"] = {"spec": args.data, "image_size": getattr(args, "image_size", None),
-                    "resize_to": getattr(args, "resize_to", None), "max_samples": args.max_samples}
+    meta["data"] = {
+        "spec": args.data,
+        "image_size": getattr(args, "image_size", None),
+        "resize_to": getattr(args, "resize_to", None),
+        "max_samples": args.max_samples,
+    }
     if dataset.relative_paths:
         meta["relative_paths"] = list(dataset.relative_paths)
     meta.update(extra_meta or {})
     # In rows: a streamed run's delta is a file, and the data set may be a memory map.
-    stats = save_poison_rows(args.out, dataset.images, dataset.labels, result.delta if delta is None else delta,
-                             config.eps, meta, **({} if rows is None else {"rows": rows}))
+    stats = save_poison_rows(
+        args.out,
+        dataset.images,
+        dataset.labels,
+        result.delta if delta is None else delta,
+        config.eps,
+        meta,
+        **({} if rows is None else {"rows": rows}),
+    )
     verify_rows(args.out, dataset.images, config.eps)  # read back: budget and round trip
     for line in summary_lines(result, stats, len(dataset), args.out):
         log(line)
@@ -252,9 +359,17 @@ def run(args: argparse.Namespace) -> int:
     with exclusive_use(folder):
         _log_removed(log, folder, _remove_stale_temporaries(folder))
         try:
-            result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
-                              device=str(device), checkpoint_dir=folder, resume=args.resume,
-                              progress=args.progress, log=log)
+            result = generate(
+                dataset,
+                config,
+                model_name=args.model,
+                feature_layer=args.feature_layer,
+                device=str(device),
+                checkpoint_dir=folder,
+                resume=args.resume,
+                progress=args.progress,
+                log=log,
+            )
             _write_poison(args, config, dataset, result, log)
         except BaseException:  # e.g. an unknown --model, a NaN or Ctrl-C before the first checkpoint
             release_unused_checkpoint_dir(folder, created)
@@ -298,14 +413,21 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             if ctx.is_main:
                 _check_out(args)
             if args.download:  # several ranks would write the same files at once
-                raise InputError("--download is not available under torchrun; download the data once without "
-                                 "torchrun (e.g. miue generate --download --epochs 1), then launch the group")
+                raise InputError(
+                    "--download is not available under torchrun; download the data once without "
+                    "torchrun (e.g. miue generate --download --epochs 1), then launch the group"
+                )
             config = build_config(args, ctx.device.type)
             dataset = _load_data(args, progress=args.progress and ctx.is_main)
-            signature = {"data sha256": dataset.fingerprint(), "data shape": list(dataset.images.shape),
-                         "--model": args.model, "--feature-layer": args.feature_layer, "--resume": args.resume,
-                         "--checkpoint-dir": str(folder),
-                         **{f"setting {key}": value for key, value in config.to_dict().items()}}
+            signature = {
+                "data sha256": dataset.fingerprint(),
+                "data shape": list(dataset.images.shape),
+                "--model": args.model,
+                "--feature-layer": args.feature_layer,
+                "--resume": args.resume,
+                "--checkpoint-dir": str(folder),
+                **{f"setting {key}": value for key, value in config.to_dict().items()},
+            }
             if ctx.is_main:
                 created = claim_checkpoint_dir(folder, owned_by_default=args.checkpoint_dir is None)
                 held.enter_context(exclusive_use(folder))
@@ -318,9 +440,17 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
             processes = f" x {ctx.world_size} processes ({'nccl' if ctx.device.type == 'cuda' else 'gloo'})"
             _announce(log, args, config, dataset, ctx.device.type, processes)
             _log_removed(log, folder, removed)
-            result = generate(dataset, config, model_name=args.model, feature_layer=args.feature_layer,
-                              checkpoint_dir=folder, resume=args.resume,
-                              progress=args.progress and ctx.is_main, log=log, distributed=ctx)
+            result = generate(
+                dataset,
+                config,
+                model_name=args.model,
+                feature_layer=args.feature_layer,
+                checkpoint_dir=folder,
+                resume=args.resume,
+                progress=args.progress and ctx.is_main,
+                log=log,
+                distributed=ctx,
+            )
             if result.owner is not None:  # each rank holds its own rows: rank 0 gathers them while writing
                 from miue_ext.poison_writer import PASSES, ROWS
 
@@ -337,4 +467,3 @@ def _run_rank(args: argparse.Namespace, ctx) -> int:
                 release_unused_checkpoint_dir(folder, created)
             raise
     return 0
-

@@ -13,6 +13,7 @@ examples:
   miue mi eval_clean eval_random eval_em eval_miue --out mi.json
   miue mi clean random poison.npz --epochs 20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ from miue_ext.poison_formats import SPEC_HELP
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("rows", nargs="+", help=f"report folder | poison .npz | {SPEC_HELP} | clean | random")
-    p.add_argument("--estimators", default=",".join(ESTIMATORS), help=f"comma list of {', '.join(ESTIMATORS)} "
-                                                                      "(default: all)")
+    p.add_argument(
+        "--estimators", default=",".join(ESTIMATORS), help=f"comma list of {', '.join(ESTIMATORS)} (default: all)"
+    )
     p.add_argument("--projections", type=int, default=64, help="random projection pairs (default 64)")
     p.add_argument("--samples", type=int, default=2000, help="image pairs for the MI estimators (default 2000)")
     p.add_argument("--out", default="mi.json", help="JSON to write (default mi.json)")
@@ -38,8 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--test-data", help="clean test set (default: the test split of --data)")
     train.add_argument("--root", help="folder of the CIFAR files")
     add_image_arguments(train)  # also used to rebuild the training set of a report folder
-    train.add_argument("--eps", type=float, default=8.0, help="budget of `random` (and the bound of a png:/em:/avatar: "
-                                                              "poison) in 1/255 units (default 8)")
+    train.add_argument(
+        "--eps",
+        type=float,
+        default=8.0,
+        help="budget of `random` (and the bound of a png:/em:/avatar: poison) in 1/255 units (default 8)",
+    )
     train.add_argument("--model", default="auto", help="victim architecture (default as `miue evaluate`)")
     train.add_argument("--epochs", type=int, help="victim epochs (default as `miue evaluate`)")
     train.add_argument("--device", default="auto")
@@ -52,8 +58,9 @@ def _estimators(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in ESTIMATORS]
     if not names or unknown:
-        raise InputError(f"--estimators: unknown {', '.join(unknown) or '(empty)'}; "
-                         f"choose from {', '.join(ESTIMATORS)}")
+        raise InputError(
+            f"--estimators: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(ESTIMATORS)}"
+        )
     return names
 
 
@@ -82,12 +89,35 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         trained = row.train()  # trains a victim unless the row came from a report
         log(f"estimating MI for {row.name} ({', '.join(estimators)}; {args.projections} projections)")
-        analysis = analyse(trained, row.training_set.clean_images, row.training_set.images,
-                           row.training_set.labels, estimators, args.projections, args.samples, args.seed)
-        results.append({"row": row.name, "source": row.source, "model": row.model_name,
-                        "final_test_acc": row.final_test_acc, "peak_test_acc": row.peak_test_acc, **analysis})
-    document = {"format": "miue-mi-table", "version": 1, "data": rows[0].data_spec, "estimators": list(estimators),
-                "pairing": "sample: features of x_n and of x_n + delta_n", "units": "nats", "rows": results}
+        analysis = analyse(
+            trained,
+            row.training_set.clean_images,
+            row.training_set.images,
+            row.training_set.labels,
+            estimators,
+            args.projections,
+            args.samples,
+            args.seed,
+        )
+        results.append(
+            {
+                "row": row.name,
+                "source": row.source,
+                "model": row.model_name,
+                "final_test_acc": row.final_test_acc,
+                "peak_test_acc": row.peak_test_acc,
+                **analysis,
+            }
+        )
+    document = {
+        "format": "miue-mi-table",
+        "version": 1,
+        "data": rows[0].data_spec,
+        "estimators": list(estimators),
+        "pairing": "sample: features of x_n and of x_n + delta_n",
+        "units": "nats",
+        "rows": results,
+    }
     with writing(args.out), atomic_write(args.out) as handle:
         handle.write((json.dumps(document, indent=2) + "\n").encode())
     for line in format_table(results, estimators):
@@ -109,8 +139,10 @@ def _loaded_victim(row, folder: Path):
     except InputError:
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:  # torch.load, load_state_dict
-        raise InputError(f"{folder / MODEL_FILE}: not a readable {row.model_name} victim ({type(err).__name__}: "
-                         "corrupt, truncated or from another model); re-run `miue evaluate` to write it again") from None
+        raise InputError(
+            f"{folder / MODEL_FILE}: not a readable {row.model_name} victim ({type(err).__name__}: "
+            "corrupt, truncated or from another model); re-run `miue evaluate` to write it again"
+        ) from None
     return lambda: model
 
 
@@ -126,4 +158,3 @@ def format_table(results: list[dict], estimators: tuple[str, ...]) -> list[str]:
         line += f" {cos['clean']:9.4f} {cos['training']:9.4f} {logdet['clean']:12.1f} {logdet['training']:12.1f}"
         lines.append(line)
     return lines
-

@@ -8,6 +8,7 @@ examples:
   miue plot eval_clean eval_random eval_em eval_miue --out curves.png
   miue plot sweep/*/ --vs eps --out digits_sweep.png --title "digits"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         plot_curves(reports, args.out, args.title)
     for report in reports:
-        print(f"{report_label(report):32s} final {100 * report['final_test_acc']:6.2f}%  "
-              f"peak {100 * report['peak_test_acc']:6.2f}%")
+        print(
+            f"{report_label(report):32s} final {100 * report['final_test_acc']:6.2f}%  "
+            f"peak {100 * report['peak_test_acc']:6.2f}%"
+        )
     print(f"wrote {args.out}")
     return 0

@@ -15,6 +15,7 @@ examples:
   miue stats png:tap_poisons/ --data cifar10 --root ~/data
   miue stats em:em_run/perturbation.pt --data cifar10 --root ~/data --eps 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", help="PNG grid to write (default: POISON_grid.png)")
     p.add_argument("--columns", type=int, default=10, help="images in the grid (default 10)")
     other = p.add_argument_group("another tool's poison (png:, em:, avatar:)")
-    other.add_argument("--data", help="the clean set it was made from: patches | digits | cifar10 | cifar100 | "
-                                      "npz:PATH | imagefolder:PATH | ...")
+    other.add_argument(
+        "--data",
+        help="the clean set it was made from: patches | digits | cifar10 | cifar100 | "
+        "npz:PATH | imagefolder:PATH | ...",
+    )
     other.add_argument("--root", help="folder of the CIFAR files")
     add_image_arguments(other)
-    other.add_argument("--eps", type=float, default=float(DEFAULT_EPS_PIXELS),
-                       help=f"its L-inf budget in 1/255 units (default {DEFAULT_EPS_PIXELS}); a poison .npz "
-                            "records its own")
+    other.add_argument(
+        "--eps",
+        type=float,
+        default=float(DEFAULT_EPS_PIXELS),
+        help=f"its L-inf budget in 1/255 units (default {DEFAULT_EPS_PIXELS}); a poison .npz records its own",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.eps) and 0 < args.eps <= 255):
         raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
     if fmt != "miue" and not args.data:
-        raise InputError(f"{args.poison}: a {fmt} poison holds no clean images; pass --data (the clean set it "
-                         "was made from)")
+        raise InputError(
+            f"{args.poison}: a {fmt} poison holds no clean images; pass --data (the clean set it was made from)"
+        )
     from miue_ext.output_safety import check_output_path
 
     check_output_path(json_path, "--json", [("the poison file", poison_path), ("the --grid file", grid_path)])
@@ -70,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
             check_writable(path)
         except OSError as err:
             raise InputError(f"cannot write {path}: {err.strerror or err}") from None
-    poison = load_any_poison(args.poison, lambda: load_dataset(args.data, "train", args.root, **load_kwargs(args)),
-                             args.eps / 255)
+    poison = load_any_poison(
+        args.poison, lambda: load_dataset(args.data, "train", args.root, **load_kwargs(args)), args.eps / 255
+    )
     clean, bound = poison.clean_images, budget_pixels(poison.eps)
-    stats = poison_statistics(clean, poison.images, poison.perturbation, poison.labels, bound,
-                              poison.meta.get("class_names"))
+    stats = poison_statistics(
+        clean, poison.images, poison.perturbation, poison.labels, bound, poison.meta.get("class_names")
+    )
     stats.update(poison=str(args.poison), eps_pixels=bound, method=poison.meta.get("method"))
     if fmt != "miue":
         stats.update(format=fmt, data=args.data, linf_measured_pixels=poison.meta["linf_pixels"])
@@ -94,15 +104,18 @@ def _fmt(value, spec=".2f") -> str:
 
 
 def format_table(stats: dict) -> list[str]:
-    lines = [f"{stats.get('method') or 'poison'}: {stats['images']} images, budget {stats.get('eps_pixels')}/255, "
-             f"{100 * stats['fraction_at_budget']:.1f}% of values at the budget",
-             f"{'class':14s} {'n':>5s} {'Linf mean':>9s} {'Linf max':>8s} {'L2 mean':>8s} {'L2 max':>7s} "
-             f"{'PSNR dB':>8s} {'SSIM':>6s}"]
+    lines = [
+        f"{stats.get('method') or 'poison'}: {stats['images']} images, budget {stats.get('eps_pixels')}/255, "
+        f"{100 * stats['fraction_at_budget']:.1f}% of values at the budget",
+        f"{'class':14s} {'n':>5s} {'Linf mean':>9s} {'Linf max':>8s} {'L2 mean':>8s} {'L2 max':>7s} "
+        f"{'PSNR dB':>8s} {'SSIM':>6s}",
+    ]
     rows = [*stats["per_class"], {"name": "all", "count": stats["images"], **stats}]
     for row in rows:
-        lines.append(f"{str(row['name'])[:14]:14s} {row['count']:5d} {_fmt(row['linf_pixels']['mean']):>9s} "
-                     f"{_fmt(row['linf_pixels']['max'], '.0f'):>8s} {_fmt(row['l2']['mean'], '.3f'):>8s} "
-                     f"{_fmt(row['l2']['max'], '.3f'):>7s} {_fmt(row['psnr_db']['mean']):>8s} "
-                     f"{_fmt(row['ssim']['mean'], '.4f'):>6s}")
+        lines.append(
+            f"{str(row['name'])[:14]:14s} {row['count']:5d} {_fmt(row['linf_pixels']['mean']):>9s} "
+            f"{_fmt(row['linf_pixels']['max'], '.0f'):>8s} {_fmt(row['l2']['mean'], '.3f'):>8s} "
+            f"{_fmt(row['l2']['max'], '.3f'):>7s} {_fmt(row['psnr_db']['mean']):>8s} "
+            f"{_fmt(row['ssim']['mean'], '.4f'):>6s}"
+        )
     return lines
-

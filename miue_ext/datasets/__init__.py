@@ -18,6 +18,7 @@ Folders read with an image size (always, for the named layouts) are decoded once
 on-disk cache that later runs memory-map (image_cache.py; --cache-dir, default
 ~/.cache/miue_ext/imagefolder or $MIUE_CACHE_DIR). Local folders only: nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,17 +27,33 @@ from miue_ext.datasets.base import ImageDataset
 from miue_ext.datasets.limits import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE
 from miue_ext.errors import InputError
 
-DATASET_NAMES = ("patches", "digits", "cifar10", "cifar100", "imagefolder:PATH", "tiny-imagenet:PATH",
-                 "imagenet100:PATH", "mini-imagenet:PATH", "npz:PATH")
+DATASET_NAMES = (
+    "patches",
+    "digits",
+    "cifar10",
+    "cifar100",
+    "imagefolder:PATH",
+    "tiny-imagenet:PATH",
+    "imagenet100:PATH",
+    "mini-imagenet:PATH",
+    "npz:PATH",
+)
 # (shorter side, centre crop) of each named layout without --image-size: the authors' sizes
 # (their ImageNet-100 pipeline is torchvision's Resize(256) + CenterCrop(224)).
 LAYOUT_SIZES = {"tiny-imagenet": (64, 64), "imagenet100": (256, 224), "mini-imagenet": (84, 84)}
 FOLDER_KINDS = ("imagefolder", *LAYOUT_SIZES)
 
 
-def load_dataset(spec: str, split: str = "train", root: str | None = None, download: bool = False,
-                 image_size: int | None = None, cache_dir: str | os.PathLike | None = None, progress: bool = False,
-                 resize_to: int | None = None) -> ImageDataset:
+def load_dataset(
+    spec: str,
+    split: str = "train",
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    resize_to: int | None = None,
+) -> ImageDataset:
     """Load the data set named by `spec` (see module docstring); `split` is "train" or "test".
 
     image_size S (folders): resize each image's shorter side to `resize_to` (default S) and
@@ -52,21 +69,27 @@ def load_dataset(spec: str, split: str = "train", root: str | None = None, downl
     if resize_to is not None:
         raise InputError(f"--resize-to applies to image folders ({', '.join(FOLDER_KINDS)}), not {spec}")
     if image_size is not None and data.images.shape[1:3] != (image_size, image_size):
-        raise InputError(f"{data.name}: images are {data.images.shape[1]}x{data.images.shape[2]}, not the "
-                         f"--image-size {image_size}x{image_size}; --image-size resizes only image folders "
-                         f"({', '.join(FOLDER_KINDS)})")
+        raise InputError(
+            f"{data.name}: images are {data.images.shape[1]}x{data.images.shape[2]}, not the "
+            f"--image-size {image_size}x{image_size}; --image-size resizes only image folders "
+            f"({', '.join(FOLDER_KINDS)})"
+        )
     return data
 
 
 def _check_sizes(image_size: int | None, resize_to: int | None) -> None:
     for option, value in (("--image-size", image_size), ("--resize-to", resize_to)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE):
-            raise InputError(f"{option} must be a whole number of pixels from {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE}, "
-                             f"got {value!r}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE
+        ):
+            raise InputError(
+                f"{option} must be a whole number of pixels from {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE}, got {value!r}"
+            )
     if image_size is not None and resize_to is not None and resize_to < image_size:
-        raise InputError(f"--resize-to {resize_to} is smaller than --image-size {image_size}: the centre crop "
-                         "must fit inside the resized image")
+        raise InputError(
+            f"--resize-to {resize_to} is smaller than --image-size {image_size}: the centre crop "
+            "must fit inside the resized image"
+        )
 
 
 def _load_folder(kind, path, spec, split, image_size, resize_to, cache_dir, progress) -> ImageDataset:

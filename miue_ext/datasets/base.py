@@ -1,4 +1,5 @@
 """The image data set every loader returns: in memory, or memory-mapped from an image cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,14 @@ class ImageDataset:
 
     def prefix(self, n: int) -> "ImageDataset":
         """The first n rows (a view: a memory-mapped data set stays mapped)."""
-        return ImageDataset(self.images[:n], self.labels[:n], name=self.name, num_classes=self.num_classes,
-                            class_names=self.class_names, relative_paths=self.relative_paths[:n])
+        return ImageDataset(
+            self.images[:n],
+            self.labels[:n],
+            name=self.name,
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            relative_paths=self.relative_paths[:n],
+        )
 
     def fingerprint(self) -> str:
         """SHA-256 of images and labels: a checkpoint is only resumed on the very same data.

@@ -10,6 +10,7 @@ Called from worker threads (PIL releases the GIL while it decodes and resamples)
 here touches the global warnings filters: the caller escalates DecompressionBombWarning once,
 around the whole loop, and `open_image` also checks the pixel count itself.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ def open_image(file: Path):
     limit, (w, h) = Image.MAX_IMAGE_PIXELS, img.size
     if limit is not None and w * h > limit:  # the warning was not escalated (e.g. in a thread)
         img.close()
-        raise InputError(f"{file}: refused, a possible decompression bomb ({w}x{h} = {w * h} pixels, more "
-                         f"than PIL's limit of {limit})")
+        raise InputError(
+            f"{file}: refused, a possible decompression bomb ({w}x{h} = {w * h} pixels, more "
+            f"than PIL's limit of {limit})"
+        )
     return img
 
 

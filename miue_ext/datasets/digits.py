@@ -1,4 +1,5 @@
 """scikit-learn's bundled 8x8 handwritten digits (1,797 scans), as 3x32x32 colour images."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ available memory before any data is read, and every image file's declared size b
 decoded, so a corrupt or hostile file is refused with one line instead of exhausting memory.
 (Folders of mixed sizes, resized to one: image_cache.py.)
 """
+
 from __future__ import annotations
 
 import os
@@ -56,23 +57,34 @@ def load_imagefolder(path: str) -> ImageDataset:
                     first = (file, size)
                     total, limit = len(files) * size[0] * size[1] * 3, limits.memory_limit_bytes()
                     if total > limit:
-                        raise InputError(f"{path}: {len(files)} images of {size[0]}x{size[1]} need "
-                                         f"{limits.human_bytes(total)}, more than the {limits.human_bytes(limit)} "
-                                         f"of memory available; pass --image-size S to decode them into an "
-                                         f"on-disk cache instead")
+                        raise InputError(
+                            f"{path}: {len(files)} images of {size[0]}x{size[1]} need "
+                            f"{limits.human_bytes(total)}, more than the {limits.human_bytes(limit)} "
+                            f"of memory available; pass --image-size S to decode them into an "
+                            f"on-disk cache instead"
+                        )
                     images = np.empty((len(files), size[1], size[0], 3), np.uint8)  # pages taken as filled
                 elif size != first[1]:
-                    raise InputError(f"{path}: images differ in size ({first[0].relative_to(root)} is "
-                                     f"{first[1][0]}x{first[1][1]}, {file.relative_to(root)} is {size[0]}x{size[1]}); "
-                                     f"pass --image-size S to resize the shorter side to S and centre-crop SxS, or "
-                                     f"resize them to one size first")
+                    raise InputError(
+                        f"{path}: images differ in size ({first[0].relative_to(root)} is "
+                        f"{first[1][0]}x{first[1][1]}, {file.relative_to(root)} is {size[0]}x{size[1]}); "
+                        f"pass --image-size S to resize the shorter side to S and centre-crop SxS, or "
+                        f"resize them to one size first"
+                    )
                 pixels = np.asarray(decode.to_rgb(img, file), dtype=np.uint8)
                 if pixels.shape != images.shape[1:]:
-                    raise InputError(f"{file}: decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, not the "
-                                     f"{size[0]}x{size[1]} its header declares")
+                    raise InputError(
+                        f"{file}: decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, not the "
+                        f"{size[0]}x{size[1]} its header declares"
+                    )
                 images[row] = pixels
             finally:
                 img.close()
-    return ImageDataset(images, np.asarray(listing.labels, dtype=np.int64), name=listing.name,
-                        num_classes=len(listing.class_names), class_names=listing.class_names,
-                        relative_paths=listing.relative_paths)
+    return ImageDataset(
+        images,
+        np.asarray(listing.labels, dtype=np.int64),
+        name=listing.name,
+        num_classes=len(listing.class_names),
+        class_names=listing.class_names,
+        relative_paths=listing.relative_paths,
+    )

@@ -19,6 +19,7 @@ else (a truncated or foreign file) is rebuilt, never trusted. Building holds an 
 CACHE/.<key>.lock, so processes that load the same folder at once (torchrun ranks) decode it
 once: the others wait and then map the result.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,17 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(listing: Listing, resize_to: int, crop: int) -> str:
-    digest = hashlib.sha256(json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "resize_to": resize_to,
-                                        "crop": crop, "classes": listing.class_names}).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "resize_to": resize_to,
+                "crop": crop,
+                "classes": listing.class_names,
+            }
+        ).encode()
+    )
     for path, label in zip(listing.relative_paths, listing.labels):
         try:
             stat = os.stat(listing.root / path)
@@ -68,8 +78,9 @@ def cache_key(listing: Listing, resize_to: int, crop: int) -> str:
     return digest.hexdigest()
 
 
-def load_cached(listing: Listing, resize_to: int, crop: int, cache_dir: str | os.PathLike | None = None,
-                progress: bool = False) -> ImageDataset:
+def load_cached(
+    listing: Listing, resize_to: int, crop: int, cache_dir: str | os.PathLike | None = None, progress: bool = False
+) -> ImageDataset:
     """The listing's images resized and cropped to crop x crop, from the cache (built if needed)."""
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = cache_key(listing, resize_to, crop)
@@ -80,8 +91,9 @@ def load_cached(listing: Listing, resize_to: int, crop: int, cache_dir: str | os
             folder.mkdir(parents=True, exist_ok=True)
             lock = open(folder / f".{key}.lock", "a+b")
         except OSError as err:
-            raise InputError(f"cannot use the image cache folder {folder}: {err.strerror or err}; "
-                             "give another with --cache-dir") from None
+            raise InputError(
+                f"cannot use the image cache folder {folder}: {err.strerror or err}; give another with --cache-dir"
+            ) from None
         with lock:
             _lock(lock, folder, listing, progress)
             images, problem = _open_cached(npy, sidecar, key, listing, crop)  # built while we waited?
@@ -92,9 +104,14 @@ def load_cached(listing: Listing, resize_to: int, crop: int, cache_dir: str | os
                 images, problem = _open_cached(npy, sidecar, key, listing, crop)
                 if images is None:
                     raise InputError(f"{npy}: the image cache just written does not read back ({problem})")
-    return ImageDataset(images, np.asarray(listing.labels, dtype=np.int64), name=listing.name,
-                        num_classes=len(listing.class_names), class_names=list(listing.class_names),
-                        relative_paths=list(listing.relative_paths))
+    return ImageDataset(
+        images,
+        np.asarray(listing.labels, dtype=np.int64),
+        name=listing.name,
+        num_classes=len(listing.class_names),
+        class_names=list(listing.class_names),
+        relative_paths=list(listing.relative_paths),
+    )
 
 
 def _say(line: str) -> None:
@@ -127,8 +144,11 @@ def _open_cached(npy: Path, sidecar: Path, key: str, listing: Listing, crop: int
             return None, "the sidecar is not this version's format"
         if info.get("key") != key or info.get("shape") != shape:
             return None, "the sidecar does not match its name or the image size"
-        if (info.get("labels") != listing.labels or info.get("relative_paths") != listing.relative_paths
-                or info.get("class_names") != listing.class_names):
+        if (
+            info.get("labels") != listing.labels
+            or info.get("relative_paths") != listing.relative_paths
+            or info.get("class_names") != listing.class_names
+        ):
             return None, "the sidecar does not match the folder"
         images = np.load(npy, mmap_mode=MMAP_MODE, allow_pickle=False)
         if not isinstance(images, np.memmap) or images.dtype != np.uint8 or list(images.shape) != shape:
@@ -152,17 +172,25 @@ def _build(npy: Path, sidecar: Path, key: str, listing: Listing, resize_to: int,
     needed = n * crop * crop * 3
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise InputError(f"decoding {listing.root} at {crop}x{crop} needs {limits.human_bytes(needed)} in the image "
-                         f"cache folder {folder}, which has {limits.human_bytes(free)} free; give another with "
-                         "--cache-dir")
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-              "shape": (n, crop, crop, 3)}
+        raise InputError(
+            f"decoding {listing.root} at {crop}x{crop} needs {limits.human_bytes(needed)} in the image "
+            f"cache folder {folder}, which has {limits.human_bytes(free)} free; give another with "
+            "--cache-dir"
+        )
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": (n, crop, crop, 3),
+    }
     with writing(sidecar), contextlib.suppress(FileNotFoundError):
         sidecar.unlink()  # first: an old sidecar must never vouch for a half-replaced .npy
     with warnings.catch_warnings():  # here, in the main thread, for all the decoding threads
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with writing(npy), atomic_write(npy) as handle, \
-                contextlib.closing(decoded_rows(listing, resize_to, crop, progress)) as rows:
+        with (
+            writing(npy),
+            atomic_write(npy) as handle,
+            contextlib.closing(decoded_rows(listing, resize_to, crop, progress)) as rows,
+        ):
             np.lib.format.write_array_header_1_0(handle, header)
             for row in rows:
                 handle.write(row.data)
@@ -170,9 +198,19 @@ def _build(npy: Path, sidecar: Path, key: str, listing: Listing, resize_to: int,
         with contextlib.suppress(OSError):
             npy.unlink()
         raise InputError(f"{listing.root} changed while it was being decoded; run again")
-    info = {"format": FORMAT, "version": FORMAT_VERSION, "key": key, "shape": [n, crop, crop, 3],
-            "resize_to": resize_to, "crop": crop, "source": str(listing.root.resolve()), "name": listing.name,
-            "class_names": listing.class_names, "labels": listing.labels, "relative_paths": listing.relative_paths}
+    info = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "key": key,
+        "shape": [n, crop, crop, 3],
+        "resize_to": resize_to,
+        "crop": crop,
+        "source": str(listing.root.resolve()),
+        "name": listing.name,
+        "class_names": listing.class_names,
+        "labels": listing.labels,
+        "relative_paths": listing.relative_paths,
+    }
     with writing(sidecar), atomic_write(sidecar) as handle:
         text = io.TextIOWrapper(handle, encoding="utf-8")
         json.dump(info, text)  # streamed: no second copy of the (long) path list as one string
@@ -196,8 +234,14 @@ def decoded_rows(listing: Listing, resize_to: int, crop: int, progress: bool = F
     from tqdm import tqdm
 
     workers = _workers()
-    bar = tqdm(total=len(listing), desc=f"decoding {listing.name} at {crop}x{crop}", unit="img", file=sys.stderr,
-               dynamic_ncols=True, disable=not progress)
+    bar = tqdm(
+        total=len(listing),
+        desc=f"decoding {listing.name} at {crop}x{crop}",
+        unit="img",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not progress,
+    )
     pending: deque = deque()
 
     def done() -> np.ndarray:

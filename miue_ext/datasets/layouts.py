@@ -12,6 +12,7 @@ then by file name, so the order is the same on every machine. Names starting wit
 skipped (.ipynb_checkpoints, macOS's ._photo.jpg), and only files with an image suffix count.
 Only names are listed here; the images are read by decode.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,9 +52,16 @@ def _entries(folder: Path, want_dirs: bool) -> list[Path]:
     """Sorted visible sub-folders (want_dirs) or image files of `folder`."""
     try:
         with os.scandir(folder) as scan:
-            entries = [Path(entry.path) for entry in scan if not entry.name.startswith(".")
-                       and (entry.is_dir() if want_dirs else
-                            entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES)]
+            entries = [
+                Path(entry.path)
+                for entry in scan
+                if not entry.name.startswith(".")
+                and (
+                    entry.is_dir()
+                    if want_dirs
+                    else entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+                )
+            ]
     except OSError as err:
         raise InputError(f"cannot list {folder}: {err.strerror or err}") from None
     return sorted(entries)
@@ -152,6 +160,5 @@ def _annotated(val: Path, class_names: list[str], spec: str, name: str) -> Listi
         listing.relative_paths.append(file.relative_to(val).as_posix())
         listing.labels.append(labels.pop(file.name))
     if labels:
-        raise InputError(f"{annotations} lists {len(labels)} image(s) missing from {images}, e.g. "
-                         f"{sorted(labels)[0]}")
+        raise InputError(f"{annotations} lists {len(labels)} image(s) missing from {images}, e.g. {sorted(labels)[0]}")
     return listing

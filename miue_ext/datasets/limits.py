@@ -6,6 +6,7 @@ pixels in a few hundred bytes, labels that are ids (10^9, 2^63 + 5) rather than 
 images too small for the networks. Each is refused here with a one-line `InputError` that names
 the file and what was expected, instead of a MemoryError, a hang or a deep traceback.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,13 +106,17 @@ def check_npz_arrays(path: str | os.PathLike, names: tuple[str, ...]) -> None:
     total, limit = sum(a[0] for a in arrays), memory_limit_bytes()
     if total > limit:
         nbytes, description, _ = max(arrays, key=lambda a: a[0])
-        raise InputError(f"{path}: {description} declares {human_bytes(nbytes)} (all arrays {human_bytes(total)}), "
-                         f"more than the {human_bytes(limit)} of memory available; refusing to load it "
-                         f"(a corrupt file or a zip bomb?)")
+        raise InputError(
+            f"{path}: {description} declares {human_bytes(nbytes)} (all arrays {human_bytes(total)}), "
+            f"more than the {human_bytes(limit)} of memory available; refusing to load it "
+            f"(a corrupt file or a zip bomb?)"
+        )
     for nbytes, description, held in arrays:
         if held is not None and held < nbytes:
-            raise ValueError(f"{description} declares {human_bytes(nbytes)} of data but the archive holds "
-                             f"{human_bytes(max(held, 0))}: truncated or corrupt")
+            raise ValueError(
+                f"{description} declares {human_bytes(nbytes)} of data but the archive holds "
+                f"{human_bytes(max(held, 0))}: truncated or corrupt"
+            )
 
 
 def check_labels(labels: np.ndarray, name: str, num_classes: int = 0, dense: bool = True) -> np.ndarray:
@@ -130,15 +135,19 @@ def check_labels(labels: np.ndarray, name: str, num_classes: int = 0, dense: boo
     if low < 0:
         raise InputError(f"{name}: labels must be >= 0, got {low}; {REMAP_HINT}")
     if high >= MAX_CLASSES:
-        raise InputError(f"{name}: label {high} would make {high + 1} classes (at most {MAX_CLASSES}); "
-                         f"labels must be class indices, not ids: {REMAP_HINT}")
+        raise InputError(
+            f"{name}: label {high} would make {high + 1} classes (at most {MAX_CLASSES}); "
+            f"labels must be class indices, not ids: {REMAP_HINT}"
+        )
     if num_classes and high >= num_classes:
         raise InputError(f"{name}: label {high} >= number of classes {num_classes}")
     if dense and not num_classes and high + 1 > DENSE_ABOVE:
         used = int(np.unique(labels).size)
         if 2 * used < high + 1:
-            raise InputError(f"{name}: labels use {used} distinct values between 0 and {high}, which would make "
-                             f"a {high + 1}-way classifier with mostly empty classes; {REMAP_HINT}")
+            raise InputError(
+                f"{name}: labels use {used} distinct values between 0 and {high}, which would make "
+                f"a {high + 1}-way classifier with mostly empty classes; {REMAP_HINT}"
+            )
     return labels.astype(np.int64)
 
 

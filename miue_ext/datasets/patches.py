@@ -9,6 +9,7 @@ test pixel is ever seen in training. Patch positions are drawn with a fixed seed
 class. Samples are stored in a fixed shuffled order, so every prefix (e.g.
 `--max-samples 256`) holds all classes. The result is deterministic: the same arrays on every run and machine.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,6 +86,9 @@ def _cut(split: str) -> tuple[np.ndarray, np.ndarray]:
 def load_patches(split: str) -> ImageDataset:
     images, labels = _cut(split)
     return ImageDataset(
-        images.copy(), labels.copy(), name=f"patches-{split}",
-        num_classes=len(PHOTOS), class_names=[name for name, _ in PHOTOS],
+        images.copy(),
+        labels.copy(),
+        name=f"patches-{split}",
+        num_classes=len(PHOTOS),
+        class_names=[name for name, _ in PHOTOS],
     )

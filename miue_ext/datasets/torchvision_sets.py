@@ -1,4 +1,5 @@
 """CIFAR-10 / CIFAR-100 through torchvision (imported only here, so it stays optional)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """`evaluate_poison`: the whole evaluation as one function (used by `miue evaluate` and `miue mi`)."""
+
 from __future__ import annotations
 
 import time
@@ -25,10 +26,19 @@ class Evaluation:
     training_set: TrainingSet
 
 
-def evaluate_poison(poison: str, train: ImageDataset, test: ImageDataset, data_spec: str, model_name: str,
-                    config: TrainConfig, defense_spec: str = "none", random_eps: float = 8 / 255,
-                    device: torch.device | str = "cpu", progress: bool = False,
-                    log: Callable[[str], None] = print) -> Evaluation:
+def evaluate_poison(
+    poison: str,
+    train: ImageDataset,
+    test: ImageDataset,
+    data_spec: str,
+    model_name: str,
+    config: TrainConfig,
+    defense_spec: str = "none",
+    random_eps: float = 8 / 255,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> Evaluation:
     """Train victim `model_name` from scratch on `poison` ("clean", "random" or a .npz made from
     `train`) under a defense, testing on clean `test` every epoch."""
     device = torch.device(device)
@@ -39,31 +49,65 @@ def evaluate_poison(poison: str, train: ImageDataset, test: ImageDataset, data_s
     defense = parse_defense(defense_spec)
     training_set = load_training_set(poison, train, random_eps, config.seed)
     if test.images.shape[1:] != train.images.shape[1:]:
-        raise InputError(f"test images {list(test.images.shape[1:])} differ from training images "
-                         f"{list(train.images.shape[1:])}")
+        raise InputError(
+            f"test images {list(test.images.shape[1:])} differ from training images {list(train.images.shape[1:])}"
+        )
     surrogate = training_set.source.get("surrogate")
     if surrogate == model_name:
         log(f"note: the victim {model_name} is the poison's surrogate architecture (a white-box evaluation)")
     torch.manual_seed(config.seed)  # victim initialisation
-    model = build_victim(model_name, train.num_classes, train.images.shape[3], tuple(train.images.shape[1:3])).to(device)
-    log(f"evaluating {training_set.name} ({len(training_set.labels)} training images, eps "
+    model = build_victim(model_name, train.num_classes, train.images.shape[3], tuple(train.images.shape[1:3])).to(
+        device
+    )
+    log(
+        f"evaluating {training_set.name} ({len(training_set.labels)} training images, eps "
         f"{training_set.eps * 255:g}/255) with victim {model_name}, defense {defense.spec}, {config.epochs} epochs, "
-        f"clean test set {len(test)} images, device {device}")
+        f"clean test set {len(test)} images, device {device}"
+    )
     started = time.perf_counter()
-    history = train_victim(model, training_set.images, training_set.labels, test.images, test.labels, config,
-                           defense, device, progress=progress, log=log)
+    history = train_victim(
+        model,
+        training_set.images,
+        training_set.labels,
+        test.images,
+        test.labels,
+        config,
+        defense,
+        device,
+        progress=progress,
+        log=log,
+    )
     wall = time.perf_counter() - started
     model.eval()
     report = {
-        "format": reports.REPORT_FORMAT, "version": 1,
-        "poison": {**training_set.source, "name": training_set.name, "spec": poison,
-                   "eps_pixels": round(training_set.eps * 255, 4)},
-        "data": {"spec": data_spec, "test": test.name, "train_size": len(training_set.labels), "test_size": len(test),
-                 "num_classes": train.num_classes, "image_shape": list(train.images.shape[1:])},
-        "model": model_name, "defense": {"spec": defense.spec, **defense.params},
-        "train": {**config.to_dict(), "augmentation": "random crop (padding 4) + horizontal flip",
-                  "optimizer": "SGD, cosine schedule to 0"},
-        "history": history, **reports.summarise(history), "wall_time_s": wall,
-        "device": str(device), "versions": versions(), "created": reports.timestamp(),
+        "format": reports.REPORT_FORMAT,
+        "version": 1,
+        "poison": {
+            **training_set.source,
+            "name": training_set.name,
+            "spec": poison,
+            "eps_pixels": round(training_set.eps * 255, 4),
+        },
+        "data": {
+            "spec": data_spec,
+            "test": test.name,
+            "train_size": len(training_set.labels),
+            "test_size": len(test),
+            "num_classes": train.num_classes,
+            "image_shape": list(train.images.shape[1:]),
+        },
+        "model": model_name,
+        "defense": {"spec": defense.spec, **defense.params},
+        "train": {
+            **config.to_dict(),
+            "augmentation": "random crop (padding 4) + horizontal flip",
+            "optimizer": "SGD, cosine schedule to 0",
+        },
+        "history": history,
+        **reports.summarise(history),
+        "wall_time_s": wall,
+        "device": str(device),
+        "versions": versions(),
+        "created": reports.timestamp(),
     }
     return Evaluation(report, model, training_set)

@@ -3,6 +3,7 @@
 The folder is assembled under a temporary name next to its destination and renamed when
 complete, so an interrupted run never leaves a partial report.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def check_new_folder(path: str | os.PathLike) -> None:
 def summarise(history: list[dict]) -> dict:
     test = [record["test_acc"] for record in history]
     peak = int(np.argmax(test))
-    return {"final_test_acc": test[-1], "peak_test_acc": test[peak], "peak_epoch": history[peak]["epoch"],
-            "final_train_acc": history[-1]["train_acc"]}
+    return {
+        "final_test_acc": test[-1],
+        "peak_test_acc": test[peak],
+        "peak_epoch": history[peak]["epoch"],
+        "final_train_acc": history[-1]["train_acc"],
+    }
 
 
 def report_label(report: dict) -> str:
@@ -101,11 +106,19 @@ def plot_curves(reports: list[dict], path: str | os.PathLike, title: str = "", w
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for report in reports:
         epochs = [r["epoch"] for r in report["history"]]
-        line, = ax.plot(epochs, [100 * r["test_acc"] for r in report["history"]], label=f"{report_label(report)} (test)"
-                        if with_train else report_label(report))
+        (line,) = ax.plot(
+            epochs,
+            [100 * r["test_acc"] for r in report["history"]],
+            label=f"{report_label(report)} (test)" if with_train else report_label(report),
+        )
         if with_train:
-            ax.plot(epochs, [100 * r["train_acc"] for r in report["history"]], "--", color=line.get_color(),
-                    label=f"{report_label(report)} (train, poisoned)")
+            ax.plot(
+                epochs,
+                [100 * r["train_acc"] for r in report["history"]],
+                "--",
+                color=line.get_color(),
+                label=f"{report_label(report)} (train, poisoned)",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     _finish(plt, fig, ax, path, title)
@@ -142,7 +155,7 @@ def plot_versus_eps(reports: list[dict], path: str | os.PathLike, title: str = "
             line = ax.axhline(np.mean(final), color="k", lw=1, label=f"{key} (final)")
             ax.axhline(np.mean(peak), color=line.get_color(), lw=1, ls=":")
             continue
-        line, = ax.plot(eps, final, "o-", label=f"{key} (final)")
+        (line,) = ax.plot(eps, final, "o-", label=f"{key} (final)")
         ax.plot(eps, peak, "^:", color=line.get_color(), label=f"{key} (peak)")
     budgets = sorted({r["poison"].get("eps_pixels") or 0 for r in reports} - {0})
     if budgets:

@@ -5,6 +5,7 @@ random crop (padding 4) + horizontal flip: a standard CIFAR recipe that trains e
 here to its clean accuracy. A defense (see defenses/) adds a filter, a batch mix or
 adversarial examples on top; it never removes the standard augmentation.
 """
+
 from __future__ import annotations
 
 import sys
@@ -56,9 +57,18 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / len(labels)
 
 
-def train_victim(model: nn.Module, train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-                 test_labels: np.ndarray, config: TrainConfig, defense: Defense, device: torch.device,
-                 progress: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+def train_victim(
+    model: nn.Module,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    config: TrainConfig,
+    defense: Defense,
+    device: torch.device,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Train `model` in place; returns one record per epoch (train loss/accuracy, clean test accuracy)."""
     if defense.train_filter is not None:
         train_images = defense.train_filter(train_images)
@@ -69,8 +79,9 @@ def train_victim(model: nn.Module, train_images: np.ndarray, train_labels: np.nd
     y_train = torch.from_numpy(train_labels).to(device)
     x_test = torch.from_numpy(np.ascontiguousarray(test_images)).to(device)
     y_test = torch.from_numpy(test_labels).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=False)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=False
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     history = []
     epochs = range(1, config.epochs + 1)
@@ -88,11 +99,19 @@ def train_victim(model: nn.Module, train_images: np.ndarray, train_labels: np.nd
             raise NonFiniteLossError(f"victim training loss became {loss} in epoch {epoch}")
         scheduler.step()
         test_acc = accuracy(model, x_test, y_test, config.test_batch_size)
-        record = {"epoch": epoch, "lr": lr, "train_loss": loss, "train_acc": train_acc, "test_acc": test_acc,
-                  "seconds": time.perf_counter() - tick}
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": loss,
+            "train_acc": train_acc,
+            "test_acc": test_acc,
+            "seconds": time.perf_counter() - tick,
+        }
         history.append(record)
-        message = (f"epoch {epoch}/{config.epochs} | train loss {loss:.4f} acc {100 * train_acc:.1f}% | "
-                   f"clean test acc {100 * test_acc:.2f}% | {record['seconds']:.1f}s")
+        message = (
+            f"epoch {epoch}/{config.epochs} | train loss {loss:.4f} acc {100 * train_acc:.1f}% | "
+            f"clean test acc {100 * test_acc:.2f}% | {record['seconds']:.1f}s"
+        )
         if outer is not None:
             outer.set_postfix(test=f"{100 * test_acc:.1f}%")
             outer.write(message, file=sys.stdout)
@@ -103,8 +122,9 @@ def train_victim(model: nn.Module, train_images: np.ndarray, train_labels: np.nd
     return history
 
 
-def _train_epoch(model, optimizer, x_train, y_train, config: TrainConfig, defense: Defense, epoch: int,
-                 progress: bool) -> tuple[float, float]:
+def _train_epoch(
+    model, optimizer, x_train, y_train, config: TrainConfig, defense: Defense, epoch: int, progress: bool
+) -> tuple[float, float]:
     # One generator per (seed, epoch): shuffles, crops and mixes are reproducible run to run.
     seed = config.seed * 1_000_003 + epoch
     generator = torch.Generator().manual_seed(seed)

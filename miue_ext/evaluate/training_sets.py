@@ -1,5 +1,6 @@
 """The training set a victim learns from: `clean`, `random` (uniform noise at the same budget)
 or a poison file, always checked against the clean images it claims to perturb."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,10 @@ def data_spec_for(poison: str, data: str | None) -> str:
     if data:
         return data
     if foreign_format(poison):
-        raise InputError(f"{poison}: a {foreign_format(poison)} poison records no data set; pass --data (the clean "
-                         "set it was made from)")
+        raise InputError(
+            f"{poison}: a {foreign_format(poison)} poison records no data set; pass --data (the clean "
+            "set it was made from)"
+        )
     if poison not in BASELINES and os.path.isfile(poison):
         recorded = str(load_poison(poison).meta.get("dataset", ""))
         base = recorded.removesuffix("-train")
@@ -59,37 +62,66 @@ def load_training_set(poison: str, clean: ImageDataset, eps: float, seed: int) -
         return TrainingSet(clean.images, clean.labels, clean.images, "clean", 0.0, {"kind": "clean"})
     if poison == "random":
         images, _ = uniform_noise(clean.images, eps, seed)
-        return TrainingSet(images, clean.labels, clean.images, "random", eps,
-                           {"kind": "random", "noise_seed": seed + RANDOM_NOISE_SEED})
+        return TrainingSet(
+            images,
+            clean.labels,
+            clean.images,
+            "random",
+            eps,
+            {"kind": "random", "noise_seed": seed + RANDOM_NOISE_SEED},
+        )
     if foreign_format(poison):  # see docs/formats.md
         file = load_any_poison(poison, clean, eps)
-        return TrainingSet(file.images, file.labels, clean.images, file.meta["method"], eps, poison_source(poison, file))
+        return TrainingSet(
+            file.images, file.labels, clean.images, file.meta["method"], eps, poison_source(poison, file)
+        )
     file = load_poison(poison)
     n = len(file.labels)
     if n > len(clean) or file.images.shape[1:] != clean.images.shape[1:]:
-        raise InputError(f"{poison} holds {n} images of {list(file.images.shape[1:])}, but {clean.name} has "
-                         f"{len(clean)} of {list(clean.images.shape[1:])}; wrong --data?")
+        raise InputError(
+            f"{poison} holds {n} images of {list(file.images.shape[1:])}, but {clean.name} has "
+            f"{len(clean)} of {list(clean.images.shape[1:])}; wrong --data?"
+        )
     load_poison(poison, clean_images=clean.images[:n])  # made from these very images?
     if not np.array_equal(file.labels, clean.labels[:n]):
         raise InputError(f"{poison}: labels differ from those of {clean.name}")
     with open(poison, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     meta = file.meta
-    source = {"kind": "poison", "path": os.path.abspath(poison), "sha256": digest,
-              **{key: meta.get(key) for key in ("method", "objective", "mode", "eps_pixels", "epochs_run",
-                                                "steps", "surrogate", "seed", "dataset")}}
-    return TrainingSet(file.images, file.labels, clean.images[:n], str(meta.get("method", "poison")),
-                       file.eps, source)
+    source = {
+        "kind": "poison",
+        "path": os.path.abspath(poison),
+        "sha256": digest,
+        **{
+            key: meta.get(key)
+            for key in (
+                "method",
+                "objective",
+                "mode",
+                "eps_pixels",
+                "epochs_run",
+                "steps",
+                "surrogate",
+                "seed",
+                "dataset",
+            )
+        },
+    }
+    return TrainingSet(file.images, file.labels, clean.images[:n], str(meta.get("method", "poison")), file.eps, source)
 
 
-def load_data(spec: str, root: str | None = None, download: bool = False,
-              test_spec: str | None = None, **image_options) -> tuple[ImageDataset, ImageDataset]:
+def load_data(
+    spec: str, root: str | None = None, download: bool = False, test_spec: str | None = None, **image_options
+) -> tuple[ImageDataset, ImageDataset]:
     """(training split, clean test set): the test split of `spec`, or the data set `test_spec`
     (needed for npz: and imagefolder: data, which hold a single split). `image_options`:
     load_dataset's image_size, resize_to, cache_dir and progress, for both."""
     train = load_dataset(spec, "train", root, download, **image_options)
-    test = (load_dataset(test_spec, "train", root, download, **image_options) if test_spec
-            else load_dataset(spec, "test", root, download, **image_options))
+    test = (
+        load_dataset(test_spec, "train", root, download, **image_options)
+        if test_spec
+        else load_dataset(spec, "test", root, download, **image_options)
+    )
     if test.num_classes > train.num_classes:
         raise InputError(f"the test set has {test.num_classes} classes, the training set {train.num_classes}")
     return train, test

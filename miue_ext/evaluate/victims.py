@@ -11,6 +11,7 @@ against. The networks and the one registry of names are in miue_ext.models:
 Every model exposes `forward_features(x) -> [B, D]` and `classifier`, so the MI analysis can
 read its penultimate features.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -42,12 +43,16 @@ def default_lr(name: str) -> float:
 MIN_IMAGE_SIDE = {"vgg11": 32}
 
 
-def build_victim(name: str, num_classes: int, in_channels: int = 3, image_size: tuple[int, int] | None = None) -> nn.Module:
+def build_victim(
+    name: str, num_classes: int, in_channels: int = 3, image_size: tuple[int, int] | None = None
+) -> nn.Module:
     """`image_size` (height, width), if given, is checked against what the victim can take."""
     need = MIN_IMAGE_SIDE.get(name)
     if image_size is not None and need is not None and min(image_size) < need:
-        raise InputError(f"victim {name} needs images of at least {need}x{need} (it halves them five times); these are "
-                         f"{image_size[0]}x{image_size[1]}: choose another --model, e.g. resnet10 or plaincnn")
+        raise InputError(
+            f"victim {name} needs images of at least {need}x{need} (it halves them five times); these are "
+            f"{image_size[0]}x{image_size[1]}: choose another --model, e.g. resnet10 or plaincnn"
+        )
     return build_registered(name, VICTIM_NAMES, num_classes, in_channels)
 
 

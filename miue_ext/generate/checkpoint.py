@@ -15,6 +15,7 @@ end record) still loads, unverified. Either way the loaded state must pass the c
 checks below (keys, types, delta's shape, finiteness and budget, the epoch, the RNG states)
 before a run resumes from it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,19 @@ _ZIP_END_SIZE = 22
 
 # What every checkpoint ever written holds (a sharded one: "delta_rows" instead of "delta"), and
 # the types the values must have.
-REQUIRED = {"epoch": int, "model": dict, "optimizer": dict, "scheduler": dict, "rng": dict, "delta": torch.Tensor,
-            "history": list, "config": dict, "fingerprint": str, "seconds": (int, float), "surrogate": str}
+REQUIRED = {
+    "epoch": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+    "delta": torch.Tensor,
+    "history": list,
+    "config": dict,
+    "fingerprint": str,
+    "seconds": (int, float),
+    "surrogate": str,
+}
 # Keys added later, with their types; a checkpoint without them stands for stopped_early=False
 # and an unknown feature layer (it is then not compared).
 ADDED_LATER_TYPES = {"stopped_early": bool, "feature_layer": (str, type(None))}
@@ -114,16 +126,20 @@ def _verify(path: Path, what: str) -> None:
                         break
                     digest.update(chunk)
                     remaining -= len(chunk)
-                if remaining or digest.digest() != trailer[len(CHECKSUM_MAGIC):]:
-                    raise InputError(f"{path}: damaged {what}: its SHA-256 checksum does not match its contents (the "
-                                     f"file changed after it was written); refusing to resume from it")
+                if remaining or digest.digest() != trailer[len(CHECKSUM_MAGIC) :]:
+                    raise InputError(
+                        f"{path}: damaged {what}: its SHA-256 checksum does not match its contents (the "
+                        f"file changed after it was written); refusing to resume from it"
+                    )
                 return
         if size >= _ZIP_END_SIZE:
             handle.seek(size - _ZIP_END_SIZE)
             if handle.read(4) == _ZIP_END:
                 return  # legacy: written before checksums, not verifiable
-    raise InputError(f"{path}: unreadable {what} (truncated or altered: it ends neither with a checksum nor as a "
-                     f"complete torch.save file)")
+    raise InputError(
+        f"{path}: unreadable {what} (truncated or altered: it ends neither with a checksum nor as a "
+        f"complete torch.save file)"
+    )
 
 
 def _describe_load_error(err: Exception) -> str:
@@ -131,8 +147,10 @@ def _describe_load_error(err: Exception) -> str:
     lines = str(err).strip().splitlines()
     first = lines[0].strip() if lines else ""
     if isinstance(err, pickle.UnpicklingError) or "weights_only" in first:
-        return ("it holds Python objects other than tensors and plain data, which a checkpoint never contains and "
-                "which are not loaded (the file was not written by miue generate, or was altered)")
+        return (
+            "it holds Python objects other than tensors and plain data, which a checkpoint never contains and "
+            "which are not loaded (the file was not written by miue generate, or was altered)"
+        )
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
@@ -169,8 +187,10 @@ def load_checkpoint(directory: str | Path) -> dict:
     if not path.is_file():
         saved_world = manifest_world_size(directory)
         if saved_world is not None:  # written by a torchrun group
-            raise InputError(f"--resume: the checkpoint in {directory} was written by {saved_world} processes, this run "
-                             f"has world size 1; resume it with torchrun giving world size {saved_world}")
+            raise InputError(
+                f"--resume: the checkpoint in {directory} was written by {saved_world} processes, this run "
+                f"has world size 1; resume it with torchrun giving world size {saved_world}"
+            )
         raise InputError(f"--resume: no checkpoint at {path}")
     try:
         return read_checked(path)
@@ -181,8 +201,16 @@ def load_checkpoint(directory: str | Path) -> dict:
 # --- consistency of a loaded state -------------------------------------------------------------
 def _type_names(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    names = {torch.Tensor: "a tensor", dict: "a dict", list: "a list", str: "a string", int: "an integer",
-             float: "a number", bool: "true/false", type(None): "None"}
+    names = {
+        torch.Tensor: "a tensor",
+        dict: "a dict",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        type(None): "None",
+    }
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
@@ -200,8 +228,9 @@ def check_structure(state: dict, where, required: dict = REQUIRED) -> None:
         raise InputError(f"{where}: not a complete checkpoint: missing {', '.join(missing)}")
     for key, types in {**required, **ADDED_LATER_TYPES}.items():
         if key in state and not _is(state[key], types):
-            raise InputError(f"{where}: checkpoint entry {key!r} is {type(state[key]).__name__}, expected "
-                             f"{_type_names(types)}")
+            raise InputError(
+                f"{where}: checkpoint entry {key!r} is {type(state[key]).__name__}, expected {_type_names(types)}"
+            )
     if not all(isinstance(record, dict) for record in state["history"]):
         raise InputError(f"{where}: checkpoint entry 'history' must be a list of dicts")
     check_rng_state(state["rng"], where)
@@ -209,6 +238,7 @@ def check_structure(state: dict, where, required: dict = REQUIRED) -> None:
 
 def check_rng_state(rng, where) -> None:
     """The RNG states have the types and sizes that restore_rng_state gives to torch, NumPy and Python."""
+
     def bad(what: str):
         raise InputError(f"{where}: checkpoint RNG state {what}")
 
@@ -223,19 +253,34 @@ def check_rng_state(rng, where) -> None:
         bad(f"'torch' must be a uint8 tensor of {reference.numel()} bytes")
     value = rng["numpy"]
     mt_keys = np.random.get_state()[1]
-    if not (isinstance(value, (list, tuple)) and len(value) == 5 and isinstance(value[0], str)
-            and isinstance(value[1], torch.Tensor) and value[1].shape == mt_keys.shape
-            and not value[1].is_floating_point() and _is(value[2], int) and _is(value[3], int)
-            and _is(value[4], (int, float))):
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) == 5
+        and isinstance(value[0], str)
+        and isinstance(value[1], torch.Tensor)
+        and value[1].shape == mt_keys.shape
+        and not value[1].is_floating_point()
+        and _is(value[2], int)
+        and _is(value[3], int)
+        and _is(value[4], (int, float))
+    ):
         bad("'numpy' must be [name, key tensor of 624 integers, position, has_gauss, cached_gaussian]")
     value = rng["python"]
     internal = random.getstate()[1]
-    if not (isinstance(value, (list, tuple)) and len(value) == 3 and _is(value[0], int)
-            and isinstance(value[1], (list, tuple)) and len(value[1]) == len(internal)
-            and all(_is(item, int) for item in value[1]) and _is(value[2], (int, float, type(None)))):
+    if not (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and _is(value[0], int)
+        and isinstance(value[1], (list, tuple))
+        and len(value[1]) == len(internal)
+        and all(_is(item, int) for item in value[1])
+        and _is(value[2], (int, float, type(None)))
+    ):
         bad(f"'python' must be (version, {len(internal)} integers, gauss) as random.getstate() gives")
-    if "cuda" in rng and not (isinstance(rng["cuda"], (list, tuple))
-                              and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in rng["cuda"])):
+    if "cuda" in rng and not (
+        isinstance(rng["cuda"], (list, tuple))
+        and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in rng["cuda"])
+    ):
         bad("'cuda' must be a list of uint8 tensors")
 
 
@@ -253,15 +298,19 @@ def check_values(state: dict, where, *, delta_shape: tuple, eps: float, epochs: 
         entry = state["delta_file"]
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(shape, list) or tuple(shape) != tuple(delta_shape):
-            raise InputError(f"{where}: the checkpoint's perturbation file has shape {shape}, but this data in "
-                             f"{mode} mode needs {list(delta_shape)} (one row per {per})")
+            raise InputError(
+                f"{where}: the checkpoint's perturbation file has shape {shape}, but this data in "
+                f"{mode} mode needs {list(delta_shape)} (one row per {per})"
+            )
         return
     delta = state["delta"]
     if not delta.is_floating_point():
         raise InputError(f"{where}: the checkpoint's perturbation has dtype {delta.dtype}, expected floating point")
     if tuple(delta.shape) != tuple(delta_shape):
-        raise InputError(f"{where}: the checkpoint's perturbation has shape {list(delta.shape)}, but this data in "
-                         f"{mode} mode needs {list(delta_shape)} (one row per {per})")
+        raise InputError(
+            f"{where}: the checkpoint's perturbation has shape {list(delta.shape)}, but this data in "
+            f"{mode} mode needs {list(delta_shape)} (one row per {per})"
+        )
     check_delta_budget(delta, eps, where)
 
 
@@ -274,12 +323,20 @@ def check_delta_budget(delta: torch.Tensor, eps: float, where, stored_dtype: tor
     largest = float(delta.abs().max())
     slack = max(EPS_SLACK_REL, torch.finfo(stored_dtype).eps)
     if largest > eps * (1 + slack) + EPS_SLACK_ABS:
-        raise InputError(f"{where}: the checkpoint's perturbation reaches {largest * 255:.4g}/255, beyond its "
-                         f"budget eps {eps * 255:g}/255")
+        raise InputError(
+            f"{where}: the checkpoint's perturbation reaches {largest * 255:.4g}/255, beyond its "
+            f"budget eps {eps * 255:g}/255"
+        )
 
 
-def check_compatible(saved_config: dict, config: dict, saved_fingerprint: str, fingerprint: str,
-                     ignore: tuple[str, ...], added_later: dict | None = None) -> None:
+def check_compatible(
+    saved_config: dict,
+    config: dict,
+    saved_fingerprint: str,
+    fingerprint: str,
+    ignore: tuple[str, ...],
+    added_later: dict | None = None,
+) -> None:
     """Refuse to resume with other data or other settings: the result would be neither run.
 
     `added_later`: values that a checkpoint written before a setting existed ran with (a new
@@ -311,8 +368,9 @@ def stale_temporaries(directory: str | Path) -> list[Path]:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(Path(entry.path) for entry in entries
-                  if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False))
+    return sorted(
+        Path(entry.path) for entry in entries if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+    )
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

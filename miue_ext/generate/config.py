@@ -3,6 +3,7 @@
 All budgets and step sizes are fractions of the [0, 1] pixel range (the CLI takes them in
 1/255 units, as the authors' command line does, and divides by 255).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,8 @@ def auto_alpha_start(epochs: int, eps: float = 8 / 255) -> float:
     between the corners of the budget. The schedule then moves linearly to the paper's final
     4/(255 K), as the paper's does."""
     return min(PAPER_ALPHA_START * max(1.0, PAPER_EPOCHS / epochs), eps / 4)
+
+
 METHODS = ("miue", "em")
 MODES = ("samplewise", "classwise")
 
@@ -107,25 +110,36 @@ class GenerationConfig:
         need(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         need(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         need(math.isfinite(self.eps) and 0 < self.eps <= 1, f"eps must be in (0, 255]/255, got {self.eps * 255:g}/255")
-        need(round(self.eps * 255) >= 1, f"eps {self.eps * 255:g}/255 rounds to a budget of 0 pixel levels (poisons are "
-                                         "stored in whole levels): use eps >= 0.5")
+        need(
+            round(self.eps * 255) >= 1,
+            f"eps {self.eps * 255:g}/255 rounds to a budget of 0 pixel levels (poisons are "
+            "stored in whole levels): use eps >= 0.5",
+        )
         for name in ("epochs", "steps", "batch_size", "poison_batch_size", "checkpoint_every"):
             need(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("alpha_start", "final_alpha"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"alpha must be > 0, got {value * 255:g}/255")
-        need(math.isfinite(self.temperature) and self.temperature > 0,
-             f"temperature must be a finite number > 0, got {self.temperature}")
+        need(
+            math.isfinite(self.temperature) and self.temperature > 0,
+            f"temperature must be a finite number > 0, got {self.temperature}",
+        )
         need(math.isfinite(self.zeta) and self.zeta >= 0, f"zeta must be a finite number >= 0, got {self.zeta}")
-        need(math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_min) and self.lr_min >= 0,
-             f"learning rates must be finite and positive, got lr {self.lr}")
+        need(
+            math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_min) and self.lr_min >= 0,
+            f"learning rates must be finite and positive, got lr {self.lr}",
+        )
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**32, f"seed must be in [0, 2^32), got {self.seed}")
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
         need(self.storage in STORAGES, f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
-        need(self.stream_dtype in STREAM_DTYPES,
-             f"stream dtype must be one of {', '.join(STREAM_DTYPES)}, not {self.stream_dtype!r}")
-        need(isinstance(self.chunk_rows, int) and self.chunk_rows >= 0,
-             f"chunk rows must be an integer >= 0 (0: automatic), got {self.chunk_rows}")
+        need(
+            self.stream_dtype in STREAM_DTYPES,
+            f"stream dtype must be one of {', '.join(STREAM_DTYPES)}, not {self.stream_dtype!r}",
+        )
+        need(
+            isinstance(self.chunk_rows, int) and self.chunk_rows >= 0,
+            f"chunk rows must be an integer >= 0 (0: automatic), got {self.chunk_rows}",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

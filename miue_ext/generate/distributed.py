@@ -12,6 +12,7 @@ Every bad input found on one rank is agreed on by all ranks (`agree`), so all of
 with the same one-line error instead of leaving the others waiting in a collective; the
 process group's timeout (`--dist-timeout`) bounds any wait on a rank that died or hangs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -50,8 +51,9 @@ def _env_int(name: str) -> int:
     try:
         return int(os.environ[name])
     except (KeyError, ValueError):
-        raise InputError(f"launched as a process group but ${name} is missing or not an integer; "
-                         f"launch with torchrun") from None
+        raise InputError(
+            f"launched as a process group but ${name} is missing or not an integer; launch with torchrun"
+        ) from None
 
 
 def _device_for_rank(device_name: str, local_rank: int) -> torch.device:
@@ -62,13 +64,16 @@ def _device_for_rank(device_name: str, local_rank: int) -> torch.device:
     if device_name == "cpu":
         return torch.device("cpu")
     if device_name != "cuda":
-        raise InputError(f"under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda, cpu or auto, "
-                         f"not {device_name!r}")
+        raise InputError(
+            f"under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda, cpu or auto, not {device_name!r}"
+        )
     if not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA device is available")
     if local_rank >= torch.cuda.device_count():
-        raise InputError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices on this node; "
-                         f"--nproc-per-node must not exceed the GPU count")
+        raise InputError(
+            f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices on this node; "
+            f"--nproc-per-node must not exceed the GPU count"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -86,8 +91,10 @@ def init_from_environment(device_name: str, timeout_s: float) -> DistributedCont
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **options)
     except Exception as err:  # the store raises several types for a rendezvous that never completes
-        raise DistributedError(f"rank {rank}: could not join the {backend} process group of {world_size} "
-                               f"processes within {timeout_s:g} s ({type(err).__name__}: {err})") from None
+        raise DistributedError(
+            f"rank {rank}: could not join the {backend} process group of {world_size} "
+            f"processes within {timeout_s:g} s ({type(err).__name__}: {err})"
+        ) from None
     return DistributedContext(rank, world_size, local_rank, device)
 
 
@@ -107,8 +114,10 @@ def is_collective_failure(err: BaseException) -> bool:
 def collective_failure(err: Exception, ctx: DistributedContext, timeout_s: float) -> LostProcessesError:
     """The one-line error for a collective that failed: another rank died, hung or diverged."""
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return LostProcessesError(f"rank {ctx.rank} of {ctx.world_size}: lost the other processes (a rank died, or did "
-                            f"not answer within --dist-timeout {timeout_s:g} s): {first_line}")
+    return LostProcessesError(
+        f"rank {ctx.rank} of {ctx.world_size}: lost the other processes (a rank died, or did "
+        f"not answer within --dist-timeout {timeout_s:g} s): {first_line}"
+    )
 
 
 # --- agreement: every rank stops with the same error -------------------------------------------
@@ -127,8 +136,10 @@ def agree(ctx: DistributedContext, problem: str | None, signature: dict | None =
     for rank, (_, theirs) in enumerate(gathered[1:], start=1):
         for key in sorted(set(reference) | set(theirs)):
             if theirs.get(key) != reference.get(key):
-                raise InputError(f"rank {rank} has {key} {theirs.get(key)!r} but rank 0 has {reference.get(key)!r}: "
-                                 f"every process must see the same data and options")
+                raise InputError(
+                    f"rank {rank} has {key} {theirs.get(key)!r} but rank 0 has {reference.get(key)!r}: "
+                    f"every process must see the same data and options"
+                )
 
 
 def broadcast_from_main(ctx: DistributedContext, value):
@@ -255,7 +266,7 @@ class GatheredRows:
         """On ranks other than 0: take part in `passes` reads of all rows, `rows` at a time."""
         for _ in range(passes):
             for start in range(0, self.n, rows):
-                self[start:start + rows]
+                self[start : start + rows]
 
 
 def gather_rows_per_read(rows: int, world_size: int) -> int:

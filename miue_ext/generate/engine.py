@@ -7,6 +7,7 @@ For epoch e = 1..E:
   4. check that the losses and delta are finite, step the LR schedule, checkpoint.
 Finally delta is clamped to [-eps, eps]. See ../../docs/generation.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,6 @@ def default_model_name(device: torch.device) -> str:
     return DEFAULT_SURROGATE["cuda" if device.type == "cuda" else "cpu"]
 
 
-
-
 class _DeterministicMode:
     """Switch torch to deterministic kernels for the run, and restore the old settings after."""
 
@@ -71,10 +70,20 @@ class _DeterministicMode:
         torch.backends.cudnn.benchmark = self.saved[1]
 
 
-def generate(dataset: ImageDataset, config: GenerationConfig, *, model: nn.Module | None = None,
-             model_name: str = "auto", feature_layer: str | None = None, device: str = "auto",
-             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
-             log: Callable[[str], None] = print, distributed=None) -> GenerationResult:
+def generate(
+    dataset: ImageDataset,
+    config: GenerationConfig,
+    *,
+    model: nn.Module | None = None,
+    model_name: str = "auto",
+    feature_layer: str | None = None,
+    device: str = "auto",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    distributed=None,
+) -> GenerationResult:
     """Compute MI-UE (or EM) perturbations for `dataset`; see the module docstring.
 
     `distributed`: a `distributed.DistributedContext` when this process is one rank of a
@@ -83,13 +92,25 @@ def generate(dataset: ImageDataset, config: GenerationConfig, *, model: nn.Modul
     config.validate()
     dev = distributed.device if distributed is not None else resolve_device(device)
     with _DeterministicMode(config.deterministic):
-        return _Run(dataset, config, model, model_name, feature_layer, dev, checkpoint_dir, progress, log,
-                    distributed).run(resume)
+        return _Run(
+            dataset, config, model, model_name, feature_layer, dev, checkpoint_dir, progress, log, distributed
+        ).run(resume)
 
 
 class _Run:
-    def __init__(self, dataset, config, model, model_name, feature_layer, device, checkpoint_dir, progress, log,
-                 dist_context=None):
+    def __init__(
+        self,
+        dataset,
+        config,
+        model,
+        model_name,
+        feature_layer,
+        device,
+        checkpoint_dir,
+        progress,
+        log,
+        dist_context=None,
+    ):
         self.config, self.device, self.log = config, device, log
         self.dist = dist_context  # None: a single process, and nothing below touches torch.distributed
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -113,10 +134,12 @@ class _Run:
         self.dataset, self.sample_shape = dataset, tuple(dataset.images.shape[1:])
         self.delta_shape = (dataset.num_classes if config.mode == "classwise" else self.n, *self.sample_shape)
         self.store = self._make_store(dataset)
-        self.optimizer = torch.optim.SGD(self.surrogate.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs,
-                                                                    eta_min=config.lr_min)
+        self.optimizer = torch.optim.SGD(
+            self.surrogate.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=config.epochs, eta_min=config.lr_min
+        )
         self.objective = make_objective(config.objective, config.temperature, config.zeta)
         self.amp = lambda: steps.autocast_context(device, config.amp)
         self.progress = Progress(enabled=progress, total_epochs=config.epochs)
@@ -140,31 +163,53 @@ class _Run:
         if kind == "resident":
             return storage.ResidentStore(dataset.images, dataset.labels, rows, dev)
         chunk = storage.chunk_rows(sample_shape, cfg.batch_size, cfg.poison_batch_size, cfg.chunk_rows)
-        self.log(f"streaming the data in chunks of {chunk} images (delta stored as {cfg.stream_dtype} in "
-                 f"{self.checkpoint_dir or 'a temporary folder'})")
-        return storage.StreamStore(dataset.images, dataset.labels, rows, dev, rows_per_chunk=chunk,
-                                   dtype=cfg.stream_dtype, folder=self.checkpoint_dir)
+        self.log(
+            f"streaming the data in chunks of {chunk} images (delta stored as {cfg.stream_dtype} in "
+            f"{self.checkpoint_dir or 'a temporary folder'})"
+        )
+        return storage.StreamStore(
+            dataset.images,
+            dataset.labels,
+            rows,
+            dev,
+            rows_per_chunk=chunk,
+            dtype=cfg.stream_dtype,
+            folder=self.checkpoint_dir,
+        )
 
     def _owned_store(self, dataset: ImageDataset):
         """Under torchrun with --storage stream: this rank's samples rank::world for the whole run."""
         cfg, ctx = self.config, self.dist
         if cfg.mode == "classwise":
-            raise InputError("--storage stream under torchrun is for sample-wise runs: a class-wise perturbation is "
-                             "a few rows that every rank shares; leave --storage at auto")
+            raise InputError(
+                "--storage stream under torchrun is for sample-wise runs: a class-wise perturbation is "
+                "a few rows that every rank shares; leave --storage at auto"
+            )
         if self.n < ctx.world_size:
-            raise InputError(f"--storage stream under torchrun needs at least one image per process: {self.n} images "
-                             f"for {ctx.world_size} processes")
+            raise InputError(
+                f"--storage stream under torchrun needs at least one image per process: {self.n} images "
+                f"for {ctx.world_size} processes"
+            )
         self.owned = True
         self.rows = owned_count(self.n, ctx.rank, ctx.world_size)
-        self.row_images = dataset.images[ctx.rank::ctx.world_size]  # a view (a memory map stays one)
+        self.row_images = dataset.images[ctx.rank :: ctx.world_size]  # a view (a memory map stays one)
         train_batch = max(1, -(-cfg.batch_size // ctx.world_size))
         chunk = storage.chunk_rows(self.sample_shape, train_batch, cfg.poison_batch_size, cfg.chunk_rows)
-        self.log(f"each of the {ctx.world_size} processes owns its 1/{ctx.world_size} of the samples, streamed in "
-                 f"chunks of {chunk} images (delta stored as {cfg.stream_dtype} in "
-                 f"{self.checkpoint_dir or 'a temporary folder'})")
-        return storage.StreamStore(self.row_images, dataset.labels[ctx.rank::ctx.world_size], self.rows, self.device,
-                                   rows_per_chunk=chunk, dtype=cfg.stream_dtype, folder=self.checkpoint_dir,
-                                   names=storage.rank_file_names(ctx.rank, ctx.world_size))
+        self.log(
+            f"each of the {ctx.world_size} processes owns its 1/{ctx.world_size} of the samples, streamed in "
+            f"chunks of {chunk} images (delta stored as {cfg.stream_dtype} in "
+            f"{self.checkpoint_dir or 'a temporary folder'})"
+        )
+        return storage.StreamStore(
+            self.row_images,
+            dataset.labels[ctx.rank :: ctx.world_size],
+            self.rows,
+            self.device,
+            rows_per_chunk=chunk,
+            dtype=cfg.stream_dtype,
+            folder=self.checkpoint_dir,
+            names=storage.rank_file_names(ctx.rank, ctx.world_size),
+        )
 
     def _initial_delta(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of --random-start's noise, drawn in row order from one generator (so
@@ -189,12 +234,20 @@ class _Run:
     # --- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int, seconds: float) -> dict:
         return {
-            "epoch": epoch, "model": self.surrogate.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.capture_rng_state(), **self.store.checkpoint_entries(epoch), "history": self.history,
+            "epoch": epoch,
+            "model": self.surrogate.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.capture_rng_state(),
+            **self.store.checkpoint_entries(epoch),
+            "history": self.history,
             **({"delta_total_rows": self.n} if self.owned else {}),
-            "config": self.config.to_dict(), "fingerprint": self.fingerprint, "seconds": seconds,
-            "surrogate": self.model_name, "feature_layer": self.feature_layer, "stopped_early": self.stopped_early,
+            "config": self.config.to_dict(),
+            "fingerprint": self.fingerprint,
+            "seconds": seconds,
+            "surrogate": self.model_name,
+            "feature_layer": self.feature_layer,
+            "stopped_early": self.stopped_early,
         }
 
     def _resume(self) -> None:
@@ -234,25 +287,31 @@ class _Run:
             saved["feature_layer"] = state["feature_layer"]
         else:
             ignore = (*ignore, "feature_layer")
-        ckpt.check_compatible(saved, ours, state["fingerprint"], self.fingerprint,
-                              ignore=ignore, added_later=GenerationConfig.ADDED_LATER)
+        ckpt.check_compatible(
+            saved, ours, state["fingerprint"], self.fingerprint, ignore=ignore, added_later=GenerationConfig.ADDED_LATER
+        )
         if self.dist is not None and ("delta_file" in state) != self.owned:
             if self.owned:  # a resident group's checkpoint (all rows, reassembled): keep this rank's own
-                state["delta"] = state["delta"][self.dist.rank::self.dist.world_size]
+                state["delta"] = state["delta"][self.dist.rank :: self.dist.world_size]
             else:
-                raise InputError(f"{where}: written by a streamed torchrun run (each process owns its samples); "
-                                 f"resume it with --storage stream")
+                raise InputError(
+                    f"{where}: written by a streamed torchrun run (each process owns its samples); "
+                    f"resume it with --storage stream"
+                )
         own_shape = (self.rows, *self.sample_shape) if self.owned else self.delta_shape
-        ckpt.check_values(state, where, delta_shape=own_shape, eps=cfg.eps, epochs=cfg.epochs,
-                          mode=cfg.mode)
-        for key, part, target in (("model", "surrogate weights", self.surrogate.model),
-                                  ("optimizer", "optimizer state", self.optimizer),
-                                  ("scheduler", "LR scheduler state", self.scheduler)):
+        ckpt.check_values(state, where, delta_shape=own_shape, eps=cfg.eps, epochs=cfg.epochs, mode=cfg.mode)
+        for key, part, target in (
+            ("model", "surrogate weights", self.surrogate.model),
+            ("optimizer", "optimizer state", self.optimizer),
+            ("scheduler", "LR scheduler state", self.scheduler),
+        ):
             try:
                 target.load_state_dict(state[key])
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
-                raise InputError(f"{where}: the checkpoint's {part} does not fit this run's surrogate "
-                                 f"{self.model_name} ({_first_line(err)})") from None
+                raise InputError(
+                    f"{where}: the checkpoint's {part} does not fit this run's surrogate "
+                    f"{self.model_name} ({_first_line(err)})"
+                ) from None
         self.store.restore(state, self.checkpoint_dir, where, cfg.eps)
         try:
             ckpt.restore_rng_state(state["rng"])
@@ -316,8 +375,12 @@ class _Run:
                 break
         self.progress.close()
         return GenerationResult(
-            delta=self._final_delta(), history=self.history, device=str(self.device), surrogate=self.model_name,
-            seconds=self.previous_seconds + time.perf_counter() - started, stopped_early=self.stopped_early,
+            delta=self._final_delta(),
+            history=self.history,
+            device=str(self.device),
+            surrogate=self.model_name,
+            seconds=self.previous_seconds + time.perf_counter() - started,
+            stopped_early=self.stopped_early,
             owner=(self.dist.rank, self.dist.world_size) if self.owned else None,
         )
 
@@ -349,12 +412,26 @@ class _Run:
         bar = self.progress.stage("train", plan.train_order.numel())
         loss_sum, correct = None, None
         for chunk in self.store.chunks(plan.train_order):
-            on_batch = bar.train_update if loss_sum is None else (
-                lambda s, c, k, ls=loss_sum, cs=correct: bar.train_update(s + ls, c + cs, k))
+            on_batch = (
+                bar.train_update
+                if loss_sum is None
+                else (lambda s, c, k, ls=loss_sum, cs=correct: bar.train_update(s + ls, c + cs, k))
+            )
             chunk_loss, chunk_correct = steps.train_epoch(
-                self.train_forward, self.optimizer, chunk.images, chunk.labels, chunk.delta, classwise, chunk.order,
-                chunk.local(plan.flips), plan.train_batch, self.amp, cfg.channels_last, on_batch,
-                clamp=cfg.train_clamp)
+                self.train_forward,
+                self.optimizer,
+                chunk.images,
+                chunk.labels,
+                chunk.delta,
+                classwise,
+                chunk.order,
+                chunk.local(plan.flips),
+                plan.train_batch,
+                self.amp,
+                cfg.channels_last,
+                on_batch,
+                clamp=cfg.train_clamp,
+            )
             loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             correct = chunk_correct if correct is None else correct + chunk_correct
         bar.close()
@@ -378,11 +455,26 @@ class _Run:
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
         loss_sum, finite = None, None
         for chunk in self.store.chunks(plan.poison_order):
-            on_batch = bar.perturb_update if loss_sum is None else (
-                lambda s, k, ls=loss_sum: bar.perturb_update(s + ls, k))
-            chunk_loss = perturb(self.forward, self.objective, chunk.images, chunk.labels, chunk.delta, chunk.order,
-                                 cfg.poison_batch_size, cfg.steps, alpha, cfg.eps, self.amp, cfg.channels_last,
-                                 on_batch, augment=plan.augment, flip_mask=chunk.local(plan.perturb_flips))
+            on_batch = (
+                bar.perturb_update if loss_sum is None else (lambda s, k, ls=loss_sum: bar.perturb_update(s + ls, k))
+            )
+            chunk_loss = perturb(
+                self.forward,
+                self.objective,
+                chunk.images,
+                chunk.labels,
+                chunk.delta,
+                chunk.order,
+                cfg.poison_batch_size,
+                cfg.steps,
+                alpha,
+                cfg.eps,
+                self.amp,
+                cfg.channels_last,
+                on_batch,
+                augment=plan.augment,
+                flip_mask=chunk.local(plan.perturb_flips),
+            )
             if self.store.streamed:  # checked before the rows leave the device
                 chunk_finite = torch.isfinite(chunk.delta).all()
                 finite = chunk_finite if finite is None else finite & chunk_finite
@@ -404,17 +496,30 @@ class _Run:
             finite = torch.isfinite(self.store.delta).all()
         if not (torch.isfinite(loss_sum) and finite):
             self._non_finite(epoch, f"{cfg.objective} perturbation loss")
-        record.update(poison_loss=poison_loss, throughput=self.n * cfg.steps / perturb_seconds,
-                      seconds=time.perf_counter() - tick)
+        record.update(
+            poison_loss=poison_loss, throughput=self.n * cfg.steps / perturb_seconds, seconds=time.perf_counter() - tick
+        )
         return record
 
     def _poisoned_accuracy(self, classwise: bool) -> float:
         """EM's stop rule: the surrogate's accuracy on the poisoned training set, the same on every rank."""
         cfg = self.config
-        right = sum(round(steps.poisoned_accuracy(self.forward, chunk.images, chunk.labels, chunk.delta, classwise,
-                                                  cfg.poison_batch_size, self.amp, cfg.channels_last).item()
-                          * chunk.order.numel())
-                    for chunk in self.store.chunks(torch.arange(self.rows)))
+        right = sum(
+            round(
+                steps.poisoned_accuracy(
+                    self.forward,
+                    chunk.images,
+                    chunk.labels,
+                    chunk.delta,
+                    classwise,
+                    cfg.poison_batch_size,
+                    self.amp,
+                    cfg.channels_last,
+                ).item()
+                * chunk.order.numel()
+            )
+            for chunk in self.store.chunks(torch.arange(self.rows))
+        )
         if self.owned:  # each rank counted its own samples
             return _distributed().sum_across_ranks(torch.tensor(right))[0].item() / self.n
         if self.dist is not None:  # rank 0 decides, so no rank stops alone
@@ -463,14 +568,19 @@ def _first_line(err: BaseException) -> str:
 
 
 def _format_record(record: dict, epochs: int) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}",
-             f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.1f}%"]
+    parts = [
+        f"epoch {record['epoch']}/{epochs}",
+        f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.1f}%",
+    ]
     if "poisoned_acc" in record:
         parts.append(f"poisoned acc {100 * record['poisoned_acc']:.1f}%")
     if record.get("stopped"):
         parts.append("stop rule reached")
     else:
-        parts += [f"poison loss {record['poison_loss']:.4f}", f"alpha {255 * record['alpha']:.3f}/255",
-                  f"{record['throughput']:.0f} img*steps/s"]
+        parts += [
+            f"poison loss {record['poison_loss']:.4f}",
+            f"alpha {255 * record['alpha']:.3f}/255",
+            f"{record['throughput']:.0f} img*steps/s",
+        ]
     parts += [f"lr {record['lr']:.4g}", f"{record['seconds']:.1f}s"]
     return " | ".join(parts)

@@ -11,6 +11,7 @@ Three cases:
 Row ids are those of the process's store: global sample ids, except in the owned case, where
 they index the rank's own samples (row j is sample r + j * W).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

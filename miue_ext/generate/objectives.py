@@ -2,6 +2,7 @@
 
 The MI objectives call the fused ops; there is deliberately no fallback to a slow path.
 """
+
 from __future__ import annotations
 
 from typing import Callable

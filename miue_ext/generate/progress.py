@@ -3,6 +3,7 @@
 Reading a device value for the bar's text synchronises with the host, so the bars refresh
 their numbers only every `REFRESH` batches (and never inside the K-step loop).
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,8 +46,15 @@ class Progress:
             return range(first, last + 1)
         from tqdm import tqdm
 
-        self.outer = tqdm(range(first, last + 1), total=self.total, initial=first - 1, desc="epochs",
-                          unit="epoch", file=sys.stderr, dynamic_ncols=True)
+        self.outer = tqdm(
+            range(first, last + 1),
+            total=self.total,
+            initial=first - 1,
+            desc="epochs",
+            unit="epoch",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         return self.outer
 
     def stage(self, name: str, total: int, steps_per_batch: int = 1) -> _StageBar:
@@ -54,8 +62,9 @@ class Progress:
             return _StageBar(None)
         from tqdm import tqdm
 
-        return _StageBar(tqdm(total=total, desc=name, unit="img", leave=False, file=sys.stderr, dynamic_ncols=True),
-                         steps_per_batch)
+        return _StageBar(
+            tqdm(total=total, desc=name, unit="img", leave=False, file=sys.stderr, dynamic_ncols=True), steps_per_batch
+        )
 
     def close(self) -> None:
         if self.outer is not None:

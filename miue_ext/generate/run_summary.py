@@ -1,4 +1,5 @@
 """What a finished run records (poison-file meta) and prints (the final summary)."""
+
 from __future__ import annotations
 
 import datetime
@@ -18,14 +19,27 @@ def mean_throughput(result: GenerationResult) -> float:
 
 def poison_meta(method: str, config: GenerationConfig, result: GenerationResult, dataset: ImageDataset) -> dict:
     return {
-        "method": method, "objective": config.objective, "mode": config.mode,
-        "eps": config.eps, "eps_pixels": round(config.eps * 255),
+        "method": method,
+        "objective": config.objective,
+        "mode": config.mode,
+        "eps": config.eps,
+        "eps_pixels": round(config.eps * 255),
         "alpha_schedule": {"start": config.alpha_start, "end": config.final_alpha, "shape": "linear over epochs"},
-        "epochs": config.epochs, "epochs_run": len(result.history), "steps": config.steps,
-        "stopped_early": result.stopped_early, "seed": config.seed, "deterministic": config.deterministic,
-        "surrogate": result.surrogate, "dataset": dataset.name, "num_classes": dataset.num_classes,
-        "class_names": dataset.class_names, "dataset_sha256": dataset.fingerprint(), "config": config.to_dict(),
-        "versions": versions(), "wall_time_s": round(result.seconds, 3), "device": device_name(result.device),
+        "epochs": config.epochs,
+        "epochs_run": len(result.history),
+        "steps": config.steps,
+        "stopped_early": result.stopped_early,
+        "seed": config.seed,
+        "deterministic": config.deterministic,
+        "surrogate": result.surrogate,
+        "dataset": dataset.name,
+        "num_classes": dataset.num_classes,
+        "class_names": dataset.class_names,
+        "dataset_sha256": dataset.fingerprint(),
+        "config": config.to_dict(),
+        "versions": versions(),
+        "wall_time_s": round(result.seconds, 3),
+        "device": device_name(result.device),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "history": result.history,
     }
@@ -35,8 +49,12 @@ def perturbation_stats(perturbation: np.ndarray) -> dict:
     """L-inf in pixel levels and per-image L2 norm on the [0, 1] scale (as papers report it)."""
     flat = perturbation.reshape(len(perturbation), -1).astype(np.float64) / 255
     l2 = np.linalg.norm(flat, axis=1)
-    return {"linf_pixels": int(np.abs(perturbation).max(initial=0)), "l2_mean": float(l2.mean()),
-            "l2_max": float(l2.max(initial=0.0)), "changed_fraction": float((perturbation != 0).mean())}
+    return {
+        "linf_pixels": int(np.abs(perturbation).max(initial=0)),
+        "l2_mean": float(l2.mean()),
+        "l2_max": float(l2.max(initial=0.0)),
+        "changed_fraction": float((perturbation != 0).mean()),
+    }
 
 
 def summary_lines(result: GenerationResult, stats: dict, count: int, out: str) -> list[str]:

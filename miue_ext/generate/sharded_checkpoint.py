@@ -17,6 +17,7 @@ Shard files have the single-process file format (checkpoint.write_checked: the t
 and a SHA-256 trailer): each rank verifies its own file's checksum and contents on loading, and
 all ranks agree on the outcome, so a damaged shard stops every rank with the same line.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,12 @@ def save(directory: str | Path, state: dict, ctx: DistributedContext) -> None:
     if "delta_file" in state:  # a streamed group: the rank's rows are its delta file (storage.py)
         shard.update(rank=ctx.rank, world_size=world, delta_rows=delta, delta_total_rows=state["delta_total_rows"])
     else:
-        shard.update(rank=ctx.rank, world_size=world,
-                     delta_rows=delta.index_select(0, owned_rows(len(delta), ctx.rank, world)),
-                     delta_total_rows=len(delta))
+        shard.update(
+            rank=ctx.rank,
+            world_size=world,
+            delta_rows=delta.index_select(0, owned_rows(len(delta), ctx.rank, world)),
+            delta_total_rows=len(delta),
+        )
     problem = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -71,9 +75,13 @@ def save(directory: str | Path, state: dict, ctx: DistributedContext) -> None:
         problem = f"cannot write the checkpoint shard in {directory}: {err.strerror or err}"
     distributed.agree(ctx, problem)  # a manifest must only name files that all exist
     if ctx.is_main:
-        manifest = {"format": FORMAT, "world_size": world, "epoch": epoch,
-                    "files": [shard_name(epoch, r, world) for r in range(world)],
-                    "rows": "rank r's file holds delta rows r::world_size"}
+        manifest = {
+            "format": FORMAT,
+            "world_size": world,
+            "epoch": epoch,
+            "files": [shard_name(epoch, r, world) for r in range(world)],
+            "rows": "rank r's file holds delta rows r::world_size",
+        }
         try:
             with atomic_write(directory / MANIFEST_NAME) as handle:
                 handle.write(json.dumps(manifest, indent=1).encode())
@@ -90,8 +98,10 @@ def _read_manifest(directory: Path, world_size: int) -> dict:
     path = directory / MANIFEST_NAME
     if not path.is_file():
         if (directory / CHECKPOINT_NAME).is_file():
-            raise InputError(f"--resume: the checkpoint in {directory} was written by a single process (world size 1), "
-                             f"this run has world size {world_size}; resume it without torchrun")
+            raise InputError(
+                f"--resume: the checkpoint in {directory} was written by a single process (world size 1), "
+                f"this run has world size {world_size}; resume it without torchrun"
+            )
         raise InputError(f"--resume: no checkpoint manifest at {path}")
     try:
         manifest = json.loads(path.read_text())
@@ -102,17 +112,24 @@ def _read_manifest(directory: Path, world_size: int) -> dict:
     if manifest.get("format") != FORMAT:
         raise InputError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
     if saved_world != world_size:
-        raise InputError(f"--resume: the checkpoint in {directory} was written by {saved_world} processes, this run has "
-                         f"world size {world_size}; resume with the same number of processes "
-                         f"(torchrun --nproc-per-node ... giving world size {saved_world})")
+        raise InputError(
+            f"--resume: the checkpoint in {directory} was written by {saved_world} processes, this run has "
+            f"world size {world_size}; resume with the same number of processes "
+            f"(torchrun --nproc-per-node ... giving world size {saved_world})"
+        )
     if len(files) != saved_world:
         raise InputError(f"{path}: names {len(files)} shard files for world size {saved_world}")
     return manifest
 
 
 # What a shard holds instead of "delta".
-SHARD_REQUIRED = {**{key: types for key, types in REQUIRED.items() if key != "delta"},
-                  "delta_rows": torch.Tensor, "delta_total_rows": int, "rank": int, "world_size": int}
+SHARD_REQUIRED = {
+    **{key: types for key, types in REQUIRED.items() if key != "delta"},
+    "delta_rows": torch.Tensor,
+    "delta_total_rows": int,
+    "rank": int,
+    "world_size": int,
+}
 
 
 def _read_shard(path: Path, manifest: dict, ctx: DistributedContext, delta_shape: tuple | None) -> dict:
@@ -127,20 +144,25 @@ def _read_shard(path: Path, manifest: dict, ctx: DistributedContext, delta_shape
         raise InputError(f"{path}: does not belong to the manifest (epoch/rank/world size differ)")
     total, rows = state["delta_total_rows"], state["delta_rows"]
     if delta_shape is not None and total != delta_shape[0]:
-        raise InputError(f"{path}: the checkpoint's perturbation has {total} rows, but this data and mode need "
-                         f"{delta_shape[0]}")
+        raise InputError(
+            f"{path}: the checkpoint's perturbation has {total} rows, but this data and mode need {delta_shape[0]}"
+        )
     owned = len(owned_rows(max(total, 0), ctx.rank, ctx.world_size))
     row_shape = tuple(delta_shape[1:]) if delta_shape is not None else tuple(rows.shape[1:])
     if "delta_file" in state:  # a streamed group's shard: its rows are a file, checked when opened
         entry = state["delta_file"]
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if total < 0 or shape != [owned, *row_shape]:
-            raise InputError(f"{path}: its delta file has shape {shape}, expected {[owned, *row_shape]} "
-                             f"(rows {ctx.rank}::{ctx.world_size} of {total})")
+            raise InputError(
+                f"{path}: its delta file has shape {shape}, expected {[owned, *row_shape]} "
+                f"(rows {ctx.rank}::{ctx.world_size} of {total})"
+            )
         return state
     if total < 0 or tuple(rows.shape) != (owned, *row_shape):
-        raise InputError(f"{path}: holds delta rows of shape {list(rows.shape)}, expected {[owned, *row_shape]} "
-                         f"(rows {ctx.rank}::{ctx.world_size} of {total})")
+        raise InputError(
+            f"{path}: holds delta rows of shape {list(rows.shape)}, expected {[owned, *row_shape]} "
+            f"(rows {ctx.rank}::{ctx.world_size} of {total})"
+        )
     if not rows.is_floating_point():
         raise InputError(f"{path}: the checkpoint's perturbation has dtype {rows.dtype}, expected floating point")
     return state
@@ -170,8 +192,9 @@ def load(directory: str | Path, ctx: DistributedContext, delta_shape: tuple | No
     streamed = state is not None and "delta_file" in state
     signature = None if state is None else {"delta rows": state["delta_total_rows"], "streamed": streamed}
     if state is not None and not streamed:
-        signature.update({"delta row shape": list(state["delta_rows"].shape[1:]),
-                          "delta dtype": str(state["delta_rows"].dtype)})
+        signature.update(
+            {"delta row shape": list(state["delta_rows"].shape[1:]), "delta dtype": str(state["delta_rows"].dtype)}
+        )
     distributed.agree(ctx, problem, signature)
     if streamed:  # each rank keeps its own rows (its file): nothing is exchanged
         state["delta"] = state.pop("delta_rows")

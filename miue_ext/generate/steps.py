@@ -10,6 +10,7 @@ channels_last memory, so no copy is made when the surrogate runs channels_last.
 Nothing in the K-step loop reads a value back to the host: losses are summed on the device
 and read once per batch by the caller's progress bar, at most.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,9 +58,21 @@ def perturbed_batch(images, labels, delta, classwise: bool, index, flip_mask=Non
     return (inputs.clamp_(0, 1) if clamp else inputs), y
 
 
-def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, labels, delta,
-                classwise: bool, order, flip_mask, batch_size: int, amp, channels_last: bool,
-                on_batch: Callable[[torch.Tensor, torch.Tensor, int], None], clamp: bool = True):
+def train_epoch(
+    surrogate: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images,
+    labels,
+    delta,
+    classwise: bool,
+    order,
+    flip_mask,
+    batch_size: int,
+    amp,
+    channels_last: bool,
+    on_batch: Callable[[torch.Tensor, torch.Tensor, int], None],
+    clamp: bool = True,
+):
     """One epoch of cross-entropy training on x + delta. Returns device sums (loss, correct)."""
     surrogate.train()
     loss_sum = torch.zeros((), device=images.device)
@@ -78,10 +91,23 @@ def train_epoch(surrogate: nn.Module, optimizer: torch.optim.Optimizer, images, 
     return loss_sum, correct
 
 
-def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
-                       steps: int, alpha: float, eps: float, amp, channels_last: bool,
-                       on_batch: Callable[[torch.Tensor, int], None], augment=None,
-                       flip_mask=None) -> torch.Tensor:
+def perturb_samplewise(
+    surrogate,
+    objective: Objective,
+    images,
+    labels,
+    delta,
+    order,
+    batch_size: int,
+    steps: int,
+    alpha: float,
+    eps: float,
+    amp,
+    channels_last: bool,
+    on_batch: Callable[[torch.Tensor, int], None],
+    augment=None,
+    flip_mask=None,
+) -> torch.Tensor:
     """K sign-gradient steps on every poison batch, updating rows of `delta` in place.
     `augment` (e.g. RandomShiftFlip) transforms x + delta before the surrogate sees it, so
     each step follows the gradient for one random view of the image. `flip_mask` [N] flips
@@ -111,10 +137,23 @@ def perturb_samplewise(surrogate, objective: Objective, images, labels, delta, o
     return loss_sum
 
 
-def perturb_classwise(surrogate, objective: Objective, images, labels, delta, order, batch_size: int,
-                      steps: int, alpha: float, eps: float, amp, channels_last: bool,
-                      on_batch: Callable[[torch.Tensor, int], None], augment=None,
-                      flip_mask=None) -> torch.Tensor:
+def perturb_classwise(
+    surrogate,
+    objective: Objective,
+    images,
+    labels,
+    delta,
+    order,
+    batch_size: int,
+    steps: int,
+    alpha: float,
+    eps: float,
+    amp,
+    channels_last: bool,
+    on_batch: Callable[[torch.Tensor, int], None],
+    augment=None,
+    flip_mask=None,
+) -> torch.Tensor:
     """Class-wise: one delta per class; its gradient sums over the batch's samples of that class.
 
     A shared delta cannot be projected onto [0, 1] for every image at once, so only the eps
@@ -140,8 +179,9 @@ def perturb_classwise(surrogate, objective: Objective, images, labels, delta, or
 
 
 @torch.no_grad()
-def poisoned_accuracy(surrogate, images, labels, delta, classwise: bool, batch_size: int, amp,
-                      channels_last: bool) -> torch.Tensor:
+def poisoned_accuracy(
+    surrogate, images, labels, delta, classwise: bool, batch_size: int, amp, channels_last: bool
+) -> torch.Tensor:
     """Accuracy of the surrogate (eval mode) on the poisoned training set, as a device scalar."""
     surrogate.eval()
     correct = torch.zeros((), device=images.device, dtype=torch.long)

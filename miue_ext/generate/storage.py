@@ -17,6 +17,7 @@ epoch's delta and writes the other, unless the other holds the last checkpoint's
 is never overwritten. So a checkpoint is the file plus its SHA-256, no copy is made, and a run
 killed mid-epoch resumes from intact data.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -37,12 +38,14 @@ from miue_ext.generate.config import STORAGES, STREAM_DTYPES
 DELTA_FILES = ("delta-a.npy", "delta-b.npy")  # in the checkpoint folder (output_safety knows them)
 
 
-def rank_file_names(rank: int, world_size: int) -> tuple[str, str]:
-    """The delta files of rank `rank` in a torchrun group, which holds the rows rank::world_size."""
-    return tuple(f"delta-rank{rank}-of{world_size}-{side}.npy" for side in "ab")
 CHUNK_BYTES = 64 << 20  # the float32 delta of one chunk on the device, by default
 RESIDENT_SHARE = 0.5  # stream when images + delta would take more than this share of free memory
 _HASH_ROWS_BYTES = 16 << 20
+
+
+def rank_file_names(rank: int, world_size: int) -> tuple[str, str]:
+    """The delta files of rank `rank` in a torchrun group, which holds the rows rank::world_size."""
+    return tuple(f"delta-rank{rank}-of{world_size}-{side}.npy" for side in "ab")
 
 
 def resident_bytes(n: int, sample_shape: tuple[int, ...]) -> int:
@@ -60,7 +63,7 @@ def free_memory_bytes(device: torch.device) -> int:
 
 
 def choose_storage(requested: str, n: int, sample_shape: tuple[int, ...], device: torch.device) -> str:
-    """"resident" or "stream" for `requested` in STORAGES (auto: stream only when it must)."""
+    """Either "resident" or "stream" for `requested` in STORAGES (auto: stream only when it must)."""
     if requested not in STORAGES:
         raise InputError(f"--storage must be one of {', '.join(STORAGES)}, not {requested!r}")
     if requested != "auto":
@@ -79,6 +82,7 @@ def chunk_rows(sample_shape: tuple[int, ...], batch_size: int, poison_batch_size
 @dataclass
 class Chunk:
     """One piece of a stage: device tensors for its samples, in the order the stage visits them."""
+
     images: torch.Tensor  # uint8 [rows, H, W, C]
     labels: torch.Tensor  # int64 [rows]
     delta: torch.Tensor  # float32 [rows, H, W, C] (sample-wise) or the whole class-wise delta
@@ -92,6 +96,7 @@ class Chunk:
 
 class ResidentStore:
     """Images, labels and delta on the device: one chunk per stage, the whole data set."""
+
     streamed = False
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, delta_rows: int, device: torch.device):
@@ -127,10 +132,21 @@ class StreamStore:
 
     Class-wise delta (one row per class) is small and stays on the device; its images stream.
     """
+
     streamed = True
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, delta_rows: int, device: torch.device, *,
-                 rows_per_chunk: int, dtype: str, folder: Path | None, names: tuple[str, str] = DELTA_FILES):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        delta_rows: int,
+        device: torch.device,
+        *,
+        rows_per_chunk: int,
+        dtype: str,
+        folder: Path | None,
+        names: tuple[str, str] = DELTA_FILES,
+    ):
         if dtype not in STREAM_DTYPES:
             raise InputError(f"--stream-dtype must be one of {', '.join(STREAM_DTYPES)}, not {dtype!r}")
         self.images_host, self.device, self.rows = images, device, rows_per_chunk
@@ -152,8 +168,9 @@ class StreamStore:
         """A fresh all-zero delta file (created sparse: nothing is written until rows are)."""
         path = self.folder / self.names[index]
         path.unlink(missing_ok=True)  # never write through into a file another name links to
-        self.files[index] = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype,
-                                                      shape=(len(self.images_host), *self.sample_shape))
+        self.files[index] = np.lib.format.open_memmap(
+            path, mode="w+", dtype=self.dtype, shape=(len(self.images_host), *self.sample_shape)
+        )
         return self.files[index]
 
     def start(self, initial=None) -> None:
@@ -187,7 +204,7 @@ class StreamStore:
     def chunks(self, order: torch.Tensor, write: bool = False):
         """Chunks of `order` (device or CPU), each prepared on the helper thread during the previous one."""
         order = order.cpu()
-        parts = [order[start:start + self.rows] for start in range(0, order.numel(), self.rows)]
+        parts = [order[start : start + self.rows] for start in range(0, order.numel(), self.rows)]
         pending = self.prefetch.submit(self._gather, parts[0], self.source) if parts else None
         for i in range(len(parts)):
             samples, local_order, images, delta = pending.result()
@@ -195,9 +212,13 @@ class StreamStore:
                 pending = self.prefetch.submit(self._gather, parts[i + 1], self.source)
             dev = self.device
             samples_dev = samples.to(dev, non_blocking=True)
-            yield Chunk(images.to(dev, non_blocking=True), self.labels.index_select(0, samples_dev),
-                        self.delta if delta is None else delta.to(dev, non_blocking=True),
-                        local_order.to(dev, non_blocking=True), samples_dev)
+            yield Chunk(
+                images.to(dev, non_blocking=True),
+                self.labels.index_select(0, samples_dev),
+                self.delta if delta is None else delta.to(dev, non_blocking=True),
+                local_order.to(dev, non_blocking=True),
+                samples_dev,
+            )
 
     def _target(self) -> int:
         """The file an epoch writes: the current one, unless it holds the last checkpoint."""
@@ -222,9 +243,15 @@ class StreamStore:
         array.flush()
         _fsync(array.filename)
         self.checkpointed = self.source
-        return {"delta": torch.empty(0), "delta_file": {
-            "name": self.names[self.source], "sha256": _sha256_rows(array), "shape": list(array.shape),
-            "dtype": str(array.dtype)}}
+        return {
+            "delta": torch.empty(0),
+            "delta_file": {
+                "name": self.names[self.source],
+                "sha256": _sha256_rows(array),
+                "shape": list(array.shape),
+                "dtype": str(array.dtype),
+            },
+        }
 
     def restore(self, state: dict, folder: Path | None, where, eps: float) -> None:
         if self.classwise:
@@ -240,7 +267,7 @@ class StreamStore:
         if saved.dtype != self.dtype:  # saved with another --stream-dtype: convert into a file of ours
             other = self._new_file(1 - index)
             for start in range(0, len(saved), self.rows):
-                other[start:start + self.rows] = saved[start:start + self.rows].astype(self.dtype)
+                other[start : start + self.rows] = saved[start : start + self.rows].astype(self.dtype)
             self.files[index] = None
             self.source, self.checkpointed = 1 - index, None
         else:
@@ -272,18 +299,21 @@ def _sha256_rows(array: np.ndarray) -> str:
     digest = hashlib.sha256()
     step = max(1, _HASH_ROWS_BYTES // max(1, array[0].nbytes)) if len(array) else 1
     for start in range(0, len(array), step):
-        digest.update(np.ascontiguousarray(array[start:start + step]).data)
+        digest.update(np.ascontiguousarray(array[start : start + step]).data)
     return digest.hexdigest()
 
 
-def _open_checked(entry, folder: Path | None, where, eps: float, rows: int,
-                  names: tuple[str, ...] = DELTA_FILES) -> np.ndarray:
+def _open_checked(
+    entry, folder: Path | None, where, eps: float, rows: int, names: tuple[str, ...] = DELTA_FILES
+) -> np.ndarray:
     """The delta file a checkpoint names, memory-mapped read/write after its checks pass."""
     if not isinstance(entry, dict) or not {"name", "sha256", "shape", "dtype"} <= set(entry):
         raise InputError(f"{where}: checkpoint entry 'delta_file' must name the file, its SHA-256, shape and dtype")
     if entry["name"] not in names or folder is None:
-        raise InputError(f"{where}: checkpoint entry 'delta_file' names {entry['name']!r}, expected one of "
-                         f"{', '.join(names)} in the checkpoint folder")
+        raise InputError(
+            f"{where}: checkpoint entry 'delta_file' names {entry['name']!r}, expected one of "
+            f"{', '.join(names)} in the checkpoint folder"
+        )
     path = Path(folder) / entry["name"]
     try:
         array = np.load(path, mmap_mode="r+", allow_pickle=False)
@@ -292,23 +322,31 @@ def _open_checked(entry, folder: Path | None, where, eps: float, rows: int,
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: unreadable perturbation file of the checkpoint ({err})") from None
     if list(array.shape) != list(entry["shape"]) or str(array.dtype) != entry["dtype"]:
-        raise InputError(f"{path}: holds {array.dtype} {list(array.shape)}, the checkpoint says {entry['dtype']} "
-                         f"{list(entry['shape'])}")
+        raise InputError(
+            f"{path}: holds {array.dtype} {list(array.shape)}, the checkpoint says {entry['dtype']} "
+            f"{list(entry['shape'])}"
+        )
     if _sha256_rows(array) != entry["sha256"]:
-        raise InputError(f"{path}: damaged: its SHA-256 does not match the checkpoint's (the file changed after the "
-                         f"checkpoint was written); refusing to resume from it")
+        raise InputError(
+            f"{path}: damaged: its SHA-256 does not match the checkpoint's (the file changed after the "
+            f"checkpoint was written); refusing to resume from it"
+        )
     from miue_ext.generate.checkpoint import check_delta_budget
 
     for start in range(0, len(array), rows):
-        check_delta_budget(torch.from_numpy(np.asarray(array[start:start + rows], dtype=np.float32)), eps, path,
-                           getattr(torch, str(array.dtype)))
+        check_delta_budget(
+            torch.from_numpy(np.asarray(array[start : start + rows], dtype=np.float32)),
+            eps,
+            path,
+            getattr(torch, str(array.dtype)),
+        )
     return array
 
 
 def iter_rows(array, rows: int):
     """(start, float32 NumPy rows) of a [N, ...] tensor or array, `rows` at a time."""
     for start in range(0, len(array), rows):
-        part = array[start:start + rows]
+        part = array[start : start + rows]
         if isinstance(part, torch.Tensor):
             part = part.detach().cpu().numpy()
         yield start, np.asarray(part, dtype=np.float32)

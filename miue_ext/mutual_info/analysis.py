@@ -5,6 +5,7 @@ the victim saw them (poisoned, noisy or clean), from a victim trained on that tr
                      paired sample by sample, with each requested estimator;
     intra-class cosine and class-covariance log-det of both feature sets.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,22 +28,44 @@ def extract_features(model: nn.Module, images: np.ndarray, batch_size: int = 500
     return torch.cat(chunks).numpy()
 
 
-def analyse(model: nn.Module, clean_images: np.ndarray, training_images: np.ndarray, labels: np.ndarray,
-            estimators: tuple[str, ...], projections: int = 64, samples: int = 2000, seed: int = 0,
-            estimator_options: dict | None = None) -> dict:
+def analyse(
+    model: nn.Module,
+    clean_images: np.ndarray,
+    training_images: np.ndarray,
+    labels: np.ndarray,
+    estimators: tuple[str, ...],
+    projections: int = 64,
+    samples: int = 2000,
+    seed: int = 0,
+    estimator_options: dict | None = None,
+) -> dict:
     """MI estimates (nats) on `samples` random pairs, geometry on all images; a JSON-ready dict."""
     clean_features = extract_features(model, clean_images)
     seen_features = extract_features(model, training_images)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(labels), min(samples, len(labels)), replace=False))
-    result = {"samples": int(len(chosen)), "projections": projections, "feature_dim": int(clean_features.shape[1]),
-              "mi": {}}
+    result = {
+        "samples": int(len(chosen)),
+        "projections": projections,
+        "feature_dim": int(clean_features.shape[1]),
+        "mi": {},
+    }
     for name in estimators:
-        estimate = sliced_mi(clean_features[chosen], seen_features[chosen], name, projections, seed,
-                             **(estimator_options or {}).get(name, {}))
+        estimate = sliced_mi(
+            clean_features[chosen],
+            seen_features[chosen],
+            name,
+            projections,
+            seed,
+            **(estimator_options or {}).get(name, {}),
+        )
         result["mi"][name] = {"mean": estimate.mean, "standard_error": estimate.standard_error}
-    result["intra_class_cosine"] = {"clean": intra_class_cosine(clean_features, labels),
-                                    "training": intra_class_cosine(seen_features, labels)}
-    result["class_covariance_logdet"] = {"clean": class_covariance_logdet(clean_features, labels),
-                                         "training": class_covariance_logdet(seen_features, labels)}
+    result["intra_class_cosine"] = {
+        "clean": intra_class_cosine(clean_features, labels),
+        "training": intra_class_cosine(seen_features, labels),
+    }
+    result["class_covariance_logdet"] = {
+        "clean": class_covariance_logdet(clean_features, labels),
+        "training": class_covariance_logdet(seen_features, labels),
+    }
     return result

@@ -7,6 +7,7 @@
   comparable, and the ridge keeps the determinant finite when a class has fewer samples than
   dimensions or its features have collapsed onto a few directions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,9 @@ COVARIANCE_RIDGE = 1e-6
 
 def intra_class_cosine(features: np.ndarray, labels: np.ndarray) -> float:
     """Mean cosine similarity over same-class pairs i != j (the fused op of miue_ext.ops)."""
-    value = ops.intra_class_cosine(torch.as_tensor(features, dtype=torch.float32),
-                                   torch.as_tensor(labels, dtype=torch.int64))
+    value = ops.intra_class_cosine(
+        torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.int64)
+    )
     return float(value)
 
 

@@ -5,6 +5,7 @@ monotone transformations, like MI itself, and keeps every marginal bin populated
 estimate is biased upwards by about (occupied cells - occupied rows - occupied columns + 1) / 2N
 (Miller-Madow); that term is subtracted.
 """
+
 from __future__ import annotations
 
 import numpy as np

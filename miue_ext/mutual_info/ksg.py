@@ -7,6 +7,7 @@ where, for each sample, eps is the max-norm distance to its k-th neighbour in th
 and n_x (n_y) counts the other samples strictly closer than eps in the X (Y) space alone.
 Nearly unbiased for smooth densities; k = 3 is the usual compromise of bias and variance.
 """
+
 from __future__ import annotations
 
 import numpy as np

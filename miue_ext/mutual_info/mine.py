@@ -12,6 +12,7 @@ own training data it overfits and overestimates.
 `mine_mi_batched` fits P independent networks at once (one per pair of 1-D projections, for
 sliced MI) as batched matrix products, which costs little more than fitting one.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,18 +43,28 @@ class _BatchedCritic(torch.nn.Module):
         return torch.baddbmm(self.b3, h, self.w3).squeeze(-1)
 
 
-def _donsker_varadhan(critic, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-                      shuffles: int = 4) -> torch.Tensor:
+def _donsker_varadhan(
+    critic, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, shuffles: int = 4
+) -> torch.Tensor:
     """DV bound per problem on the given samples ([P, N] each): mean T(joint) - log mean exp T(marginal)."""
     joint = critic(torch.stack([x, y], dim=-1)).mean(dim=1)
     n = x.shape[1]
-    marginal = torch.cat([critic(torch.stack([x, y[:, torch.randperm(n, generator=generator)]], dim=-1))
-                          for _ in range(shuffles)], dim=1)
+    marginal = torch.cat(
+        [critic(torch.stack([x, y[:, torch.randperm(n, generator=generator)]], dim=-1)) for _ in range(shuffles)], dim=1
+    )
     return joint - (torch.logsumexp(marginal, dim=1) - math.log(marginal.shape[1]))
 
 
-def mine_mi_batched(x: np.ndarray, y: np.ndarray, steps: int = 600, batch_size: int = 256, hidden: int = 32,
-                    lr: float = 2e-3, ema_rate: float = 0.01, seed: int = 0) -> np.ndarray:
+def mine_mi_batched(
+    x: np.ndarray,
+    y: np.ndarray,
+    steps: int = 600,
+    batch_size: int = 256,
+    hidden: int = 32,
+    lr: float = 2e-3,
+    ema_rate: float = 0.01,
+    seed: int = 0,
+) -> np.ndarray:
     """I(X_p; Y_p) in nats for each row p of x, y [P, N] (1-D samples per problem); returns [P]."""
     x, y = np.atleast_2d(np.asarray(x, np.float64)), np.atleast_2d(np.asarray(y, np.float64))
     if x.shape != y.shape or x.shape[1] < 8:

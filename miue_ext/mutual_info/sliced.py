@@ -6,6 +6,7 @@ dimension, and the result is comparable across networks of different widths.
 Because theta and phi are drawn independently, even identical features (X = Y) give a finite
 value: two different projections of one vector are correlated, not equal.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,9 @@ def project(x: np.ndarray, y: np.ndarray, projections: int, seed: int) -> tuple[
     return theta @ x.T, phi @ y.T
 
 
-def sliced_mi(x: np.ndarray, y: np.ndarray, estimator: str = "histogram", projections: int = 64,
-              seed: int = 0, **options) -> SlicedEstimate:
+def sliced_mi(
+    x: np.ndarray, y: np.ndarray, estimator: str = "histogram", projections: int = 64, seed: int = 0, **options
+) -> SlicedEstimate:
     """Sliced I(X; Y) in nats for paired samples x [N, dx], y [N, dy] with the named estimator."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")

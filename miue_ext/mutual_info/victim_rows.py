@@ -4,6 +4,7 @@ A row given as a `miue evaluate` report folder reloads that victim and rebuilds 
 set exactly (the poison file is checked against the SHA-256 in the report; `random` noise is
 regenerated from the recorded seed). Any other row is a training set to train a victim on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ def _from_report(folder: Path, args) -> Row:
             raise InputError(f"{folder}: {spec} has changed since the evaluation")
     train = load_dataset(data_spec, "train", **load_kwargs(args))
     if list(train.images.shape[1:]) != list(report["data"]["image_shape"]):
-        raise InputError(f"{folder}: its victim was trained on images of {report['data']['image_shape']}, "
-                         f"{data_spec} gives {list(train.images.shape[1:])}; pass the evaluation's --image-size")
+        raise InputError(
+            f"{folder}: its victim was trained on images of {report['data']['image_shape']}, "
+            f"{data_spec} gives {list(train.images.shape[1:])}; pass the evaluation's --image-size"
+        )
     training_set = load_training_set(spec, train, poison["eps_pixels"] / 255, report["train"]["seed"])
 
     def trained() -> nn.Module:
@@ -58,8 +61,16 @@ def _from_report(folder: Path, args) -> Row:
         return model.eval()
 
     name = poison["name"] if report["defense"]["spec"] == "none" else f"{poison['name']}+{report['defense']['spec']}"
-    return Row(name, data_spec, report["model"], training_set, str(folder), trained,
-               report["final_test_acc"], report["peak_test_acc"])
+    return Row(
+        name,
+        data_spec,
+        report["model"],
+        training_set,
+        str(folder),
+        trained,
+        report["final_test_acc"],
+        report["peak_test_acc"],
+    )
 
 
 def load_row(spec: str, args, log: Callable[[str], None]) -> Row:
@@ -86,8 +97,19 @@ def load_row(spec: str, args, log: Callable[[str], None]) -> Row:
     row = Row(training_set.name, data_spec, model_name, training_set, spec, lambda: None)
 
     def trained() -> nn.Module:
-        result = evaluate_poison(spec, train, test, data_spec, model_name, config, "none", args.eps / 255,
-                                 device, progress=args.progress, log=log)
+        result = evaluate_poison(
+            spec,
+            train,
+            test,
+            data_spec,
+            model_name,
+            config,
+            "none",
+            args.eps / 255,
+            device,
+            progress=args.progress,
+            log=log,
+        )
         row.final_test_acc = result.report["final_test_acc"]
         row.peak_test_acc = result.report["peak_test_acc"]
         return result.model

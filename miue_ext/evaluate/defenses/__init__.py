@@ -15,6 +15,7 @@ set is left as it is. Grayscale changes the model's input domain, so it applies 
 set as well (a grayscale model is tested on grayscale images). Standard augmentation always
 applies; the batch defenses (cutout, cutmix, mixup) and adversarial examples come after it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,20 +65,24 @@ def parse_defense(spec: str) -> Defense:
         return Defense(name, train_filter=filters.grayscale, test_filter=filters.grayscale)
     if name == "jpeg":
         quality = _number(name, value, int, 1, 95, 10)
-        return Defense(f"jpeg:{quality}", train_filter=lambda im: filters.jpeg(im, quality),
-                       params={"quality": quality})
+        return Defense(
+            f"jpeg:{quality}", train_filter=lambda im: filters.jpeg(im, quality), params={"quality": quality}
+        )
     if name == "bdr":
         bits = _number(name, value, int, 1, 7, 2)
-        return Defense(f"bdr:{bits}", train_filter=lambda im: filters.bit_depth_reduction(im, bits),
-                       params={"bits": bits})
+        return Defense(
+            f"bdr:{bits}", train_filter=lambda im: filters.bit_depth_reduction(im, bits), params={"bits": bits}
+        )
     if name == "blur":
         sigma = _number(name, value, float, 0.1, 5.0, 1.0)
-        return Defense(f"blur:{sigma:g}", train_filter=lambda im: filters.gaussian_blur(im, sigma),
-                       params={"sigma": sigma})
+        return Defense(
+            f"blur:{sigma:g}", train_filter=lambda im: filters.gaussian_blur(im, sigma), params={"sigma": sigma}
+        )
     if name == "at":
         eps = _number(name, value, float, 0.5, 64.0, 8.0)
-        return Defense(f"at:{eps:g}", adversarial_eps=eps / 255, params={"eps_pixels": eps, "steps": 10,
-                                                                          "step_pixels": eps / 4})
+        return Defense(
+            f"at:{eps:g}", adversarial_eps=eps / 255, params={"eps_pixels": eps, "steps": 10, "step_pixels": eps / 4}
+        )
     raise InputError(f"unknown --defense {spec!r}; choose one of {', '.join(DEFENSE_NAMES)}")
 
 

@@ -4,6 +4,7 @@ Adversarial training defeats most unlearnable examples because the eps-ball arou
 poisoned image contains perturbations that undo the shortcut; the paper's defense uses
 PGD-10 with eps 2..8/255.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ from torch import nn
 from miue_ext import ops
 
 
-def ascent_step_(delta: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, step_size: float,
-                 eps: float) -> torch.Tensor:
+def ascent_step_(
+    delta: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, step_size: float, eps: float
+) -> torch.Tensor:
     """In place: delta <- clamp(x + clamp(delta + step_size*sign(grad), -eps, eps), 0, 1) - x.
 
     The fused projected sign step of the poison generator, ops.pgd_update_, which *descends*
@@ -23,8 +25,15 @@ def ascent_step_(delta: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, step_
     return ops.pgd_update_(delta, x, grad.neg(), step_size, eps)
 
 
-def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
-               step_size: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Images within eps (L-inf) of x, in [0, 1], that increase the model's cross-entropy.
 
     The model is put in eval mode for the attack (batch-norm statistics are not updated by

@@ -3,6 +3,7 @@
 Each takes and returns uint8 images [N, H, W, C] (a new array; the input is not modified)
 and is deterministic, so it is applied once to the data set rather than to every batch.
 """
+
 from __future__ import annotations
 
 import io

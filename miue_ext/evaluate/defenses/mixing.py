@@ -4,6 +4,7 @@ Each takes a float batch [B, C, H, W] and integer labels [B] and returns a `Mixe
 the training loss is `weight * CE(logits, labels_a) + (1 - weight) * CE(logits, labels_b)`.
 Randomness comes from a NumPy generator, so a seeded run is reproducible.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
