@@ -62,10 +62,10 @@ TORCH_LIBRARY_IMPL(miue, CUDA, m) {
   m.impl("mi_ue_loss_backward", loss_backward_op);
 }
 
+// The tile size is Python's choice (miue_ext.ops.rows_per_tile), so that the fake kernels know
+// the output shapes without mirroring a threshold kept here.
 int64_t rows_per_tile(int64_t batch, int64_t tile_rows) {
-  if (tile_rows > 0) return std::min(batch, tile_rows);
-  if (batch * batch <= kTileElements) return batch;
-  return std::max<int64_t>(1, kTileElements / batch);
+  return std::min(batch, tile_rows);
 }
 
 namespace {

@@ -17,10 +17,10 @@ TORCH_LIBRARY(miue, m) {
   // L = sim_weight * L_sim + dist_weight * L_dist; also returns what the backward reuses.
   m.def(
       "mi_ue_loss_forward(Tensor features, Tensor labels, float temperature, float sim_weight, "
-      "float dist_weight, int tile_rows=0) -> (Tensor loss, Tensor row_stats, Tensor gram)");
+      "float dist_weight, int tile_rows) -> (Tensor loss, Tensor row_stats, Tensor gram)");
   m.def(
       "mi_ue_loss_backward(Tensor grad, Tensor features, Tensor labels, Tensor row_stats, Tensor gram, "
-      "float temperature, float sim_weight, float dist_weight, int tile_rows=0) -> Tensor");
+      "float temperature, float sim_weight, float dist_weight, int tile_rows) -> Tensor");
   m.def("intra_class_cosine_forward(Tensor features, Tensor labels) -> Tensor");
   m.def("intra_class_cosine_backward(Tensor grad, Tensor features, Tensor labels) -> Tensor");
   m.def("pgd_update_(Tensor(a!) delta, Tensor x, Tensor grad, float alpha, float eps) -> ()");

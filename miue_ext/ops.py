@@ -10,16 +10,20 @@ from . import _extension  # noqa: F401  (registers torch.ops.miue)
 
 _ops = torch.ops.miue
 
-# Above this many B x B entries the loss works on row blocks (must match kTileElements in
-# csrc/common/pair_math.h); the fake kernels need it to know whether a Gram matrix is returned.
+# Above this many B x B entries the loss works on row blocks (docs/method.md: memory O(B*B + B*D)
+# becomes O(tile*B + B*D)). The policy lives here alone: the ops take the chosen tile_rows.
 TILE_ELEMENTS = 1 << 24
 
 
-def _rows_per_tile(batch, tile_rows):
+def rows_per_tile(batch, tile_rows=0):
+    """Rows per tile of the loss ops: `tile_rows` if > 0 (at most `batch`), else all `batch`
+    rows while B x B <= TILE_ELEMENTS and TILE_ELEMENTS // B rows above."""
+    if tile_rows < 0:
+        raise ValueError(f"tile_rows must be >= 0 (0: automatic), got {tile_rows}")
     if tile_rows > 0:
-        return min(batch, tile_rows)
+        return max(1, min(batch, tile_rows))
     if batch * batch <= TILE_ELEMENTS:
-        return batch
+        return max(1, batch)
     return max(1, TILE_ELEMENTS // batch)
 
 
@@ -41,12 +45,12 @@ def _check_loss_args(features, labels):
 
 
 @torch.library.register_fake("miue::mi_ue_loss_forward")
-def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_weight, tile_rows=0):
+def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_weight, tile_rows):
     _check_loss_args(features, labels)
     batch = features.shape[0]
     acc = _accumulator_dtype(features.dtype)
     stats = features.new_empty((batch, 4), dtype=acc)
-    if _rows_per_tile(batch, tile_rows) >= batch:
+    if tile_rows >= batch:
         gram = features.new_empty((batch, batch), dtype=acc)
     else:
         gram = features.new_empty((0, 0), dtype=acc)
@@ -54,9 +58,7 @@ def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_wei
 
 
 @torch.library.register_fake("miue::mi_ue_loss_backward")
-def _mi_ue_loss_backward_fake(
-    grad, features, labels, row_stats, gram, temperature, sim_weight, dist_weight, tile_rows=0
-):
+def _mi_ue_loss_backward_fake(grad, features, labels, row_stats, gram, temperature, sim_weight, dist_weight, tile_rows):
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 
@@ -136,17 +138,20 @@ for _op in ("miue::mi_ue_loss_forward", "miue::intra_class_cosine_forward"):
 # --------------------------------------------------------------------------- public API
 def mi_ue_loss(features, labels, temperature=0.1, zeta=0.1, *, tile_rows=0):
     """L_sim + zeta * L_dist of docs/method.md for features [B, D] and integer labels [B]; a 0-d tensor."""
-    return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, float(zeta), int(tile_rows))[0]
+    tile = rows_per_tile(features.shape[0], int(tile_rows))
+    return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, float(zeta), tile)[0]
 
 
 def sim_loss(features, labels, temperature=0.1, *, tile_rows=0):
     """L_sim alone: -mean_i log(sum_{same class} e_ij / sum_j e_ij), e_ij = exp(cos_ij / t) + 1e-8."""
-    return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, 0.0, int(tile_rows))[0]
+    tile = rows_per_tile(features.shape[0], int(tile_rows))
+    return _ops.mi_ue_loss_forward(features, labels, float(temperature), 1.0, 0.0, tile)[0]
 
 
 def dist_loss(features, labels, *, tile_rows=0):
     """L_dist alone: mean_i log(1 + (1/D) sum_{same class} |f_i - f_j|)."""
-    return _ops.mi_ue_loss_forward(features, labels, 1.0, 0.0, 1.0, int(tile_rows))[0]
+    tile = rows_per_tile(features.shape[0], int(tile_rows))
+    return _ops.mi_ue_loss_forward(features, labels, 1.0, 0.0, 1.0, tile)[0]
 
 
 def intra_class_cosine(features, labels):

@@ -12,10 +12,10 @@ def loss_samples(device):
     f = torch.randn(12, 5, dtype=torch.float64, device=device, requires_grad=True)
     y = torch.randint(0, 3, (12,), device=device)
     return [
-        (f, y, 0.1, 1.0, 0.1, 0),
-        (f, y, 0.5, 1.0, 0.0, 0),
+        (f, y, 0.1, 1.0, 0.1, len(f)),
+        (f, y, 0.5, 1.0, 0.0, 100),  # more than B rows: one tile
         (f, y, 0.1, 0.0, 1.0, 5),  # tiled: no Gram matrix is returned
-        (f.detach().float().requires_grad_(True), y.int(), 0.1, 1.0, 0.1, 0),
+        (f.detach().float().requires_grad_(True), y.int(), 0.1, 1.0, 0.1, len(f)),
     ]
 
 
@@ -32,9 +32,9 @@ def test_opcheck_intra_class_cosine(device):
 def test_opcheck_backward_ops(device):
     f = torch.randn(12, 5, dtype=torch.float64, device=device)
     y = torch.randint(0, 3, (12,), device=device)
-    _, stats, gram = miue.mi_ue_loss_forward(f, y, 0.1, 1.0, 0.1, 0)
+    _, stats, gram = miue.mi_ue_loss_forward(f, y, 0.1, 1.0, 0.1, 12)
     grad = torch.ones((), dtype=torch.float64, device=device)
-    torch.library.opcheck(miue.mi_ue_loss_backward.default, (grad, f, y, stats, gram, 0.1, 1.0, 0.1, 0))
+    torch.library.opcheck(miue.mi_ue_loss_backward.default, (grad, f, y, stats, gram, 0.1, 1.0, 0.1, 12))
     torch.library.opcheck(miue.intra_class_cosine_backward.default, (grad, f, y))
 
 

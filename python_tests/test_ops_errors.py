@@ -60,8 +60,10 @@ def test_bad_zeta_and_tile_rows():
     f, y = good()
     with pytest.raises(RuntimeError, match=r"dist_weight \(zeta\) must be a finite number"):
         ops.mi_ue_loss(f, y, 0.1, float("nan"))
-    with pytest.raises(RuntimeError, match=r"tile_rows must be >= 0"):
+    with pytest.raises(ValueError, match=r"tile_rows must be >= 0 \(0: automatic\)"):
         ops.mi_ue_loss(f, y, 0.1, 0.1, tile_rows=-1)
+    with pytest.raises(RuntimeError, match=r"tile_rows must be >= 1: rows per tile, chosen by"):
+        torch.ops.miue.mi_ue_loss_forward(f, y, 0.1, 1.0, 0.1, 0)  # the op itself takes a chosen size
 
 
 def step_args(shape=(4, 3)):

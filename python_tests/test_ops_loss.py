@@ -135,9 +135,9 @@ def test_automatic_tiling_above_the_threshold(device):
     """B = 4,200 rows: B^2 > 2^24, so the op tiles by itself (no tile_rows given) and recomputes
     the Gram rows in the backward; values and gradients still match the float64 reference."""
     batch = 4200
-    assert batch * batch > ops.TILE_ELEMENTS and ops._rows_per_tile(batch, 0) < batch
+    assert batch * batch > ops.TILE_ELEMENTS and ops.rows_per_tile(batch) < batch
     features, labels = random_problem(batch, 8, 7, device, torch.float32)
-    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, labels, 0.1, 1.0, 0.1, 0)
+    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, labels, 0.1, 1.0, 0.1, ops.rows_per_tile(batch))
     assert gram.numel() == 0  # tiled: no B x B matrix was kept
     assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1)
 

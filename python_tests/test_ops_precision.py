@@ -133,8 +133,10 @@ def test_tf32_would_be_visible_here(reduced_precision_matmul):
 def test_backward_rejects_tensors_on_another_device(argument):
     features = torch.randn(32, 16, device="cuda")
     y = torch.randint(0, 3, (32,), device="cuda")
-    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, y, 0.1, 1.0, 0.1, 0)
+    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, y, 0.1, 1.0, 0.1, len(features))
     args = {"grad": torch.ones((), device="cuda"), "row_stats": row_stats, "gram": gram}
     args[argument] = args[argument].cpu()
     with pytest.raises(RuntimeError, match=f"{argument} must be on the device of features"):
-        torch.ops.miue.mi_ue_loss_backward(args["grad"], features, y, args["row_stats"], args["gram"], 0.1, 1.0, 0.1, 0)
+        torch.ops.miue.mi_ue_loss_backward(
+            args["grad"], features, y, args["row_stats"], args["gram"], 0.1, 1.0, 0.1, len(features)
+        )

@@ -35,7 +35,8 @@ inline void check_loss_scalars(double temperature, double sim_weight, double dis
               temperature);
   check_finite_scalar(sim_weight, "sim_weight");
   check_finite_scalar(dist_weight, "dist_weight (zeta)");
-  TORCH_CHECK(tile_rows >= 0, "tile_rows must be >= 0 (0 = automatic), got ", tile_rows);
+  TORCH_CHECK(tile_rows >= 1, "tile_rows must be >= 1: rows per tile, chosen by miue_ext.ops.rows_per_tile, got ",
+              tile_rows);
 }
 
 inline void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t, const char* name) {

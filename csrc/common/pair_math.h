@@ -18,7 +18,7 @@ constexpr double kExpOffset = 1e-8;  // docs/method.md: e_ij = exp(c_ij / t) + 1
 // badly for near-duplicate rows; below this fraction of max(n_i, n_j)^2 the pair is recomputed
 // from the features (exact zero for identical rows, so their gradient is 0 and not NaN).
 constexpr double kRecomputeBelow = 1e-2;
-// Above this many rows the B x B block is tiled (docs/method.md; memory bound O(B*B + B*D)).
+// The most B x B entries the CPU's collapsed-class blocks may hold at once (class_blocks.cpp).
 constexpr int64_t kTileElements = int64_t(1) << 24;
 
 // Raw-pointer view of one mi_ue_loss problem; all floating data is in the accumulator type.
