@@ -138,7 +138,7 @@ class GenerationConfig:
         )
         need(
             isinstance(self.chunk_rows, int) and self.chunk_rows >= 0,
-            f"chunk rows must be an integer >= 0 (0: automatic), got {self.chunk_rows}",
+            f"chunk-size (images per streamed chunk) must be an integer >= 0 (0: automatic), got {self.chunk_rows}",
         )
 
     def to_dict(self) -> dict:
