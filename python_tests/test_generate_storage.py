@@ -205,3 +205,16 @@ def test_rows_reader_finds_a_wrong_clean_set(tmp_path):
     other[40, 3, 3, 0] ^= 0x40
     with pytest.raises(InputError, match="read back wrong at rows 0..39|read back wrong at rows"):
         verify_rows(tmp_path / "p.npz", other, 8 / 255, rows=40)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"storage": "disk"}, "storage must be one of auto, resident, stream"),
+        ({"stream_dtype": "int8"}, "stream dtype must be one of float16, float32"),
+        ({"chunk_rows": -1}, r"chunk-size \(images per streamed chunk\) must be an integer >= 0"),
+    ],
+)
+def test_storage_settings_are_checked(options, message):
+    with pytest.raises(InputError, match=message):
+        GenerationConfig(**options).validate()
