@@ -158,6 +158,24 @@ sys.exit(0 if same else 1)
 EOF
 }
 
+streaming() {  # --storage stream with float32 delta files gives the resident run's poison, bit for bit
+  local scratch
+  scratch=$(mktemp -d)
+  for storage in resident stream; do
+    "$PYTHON" -m miue_ext generate --device "$DEVICE" --max-samples 1024 --epochs 2 --deterministic \
+      --storage "$storage" --stream-dtype float32 --chunk-size 512 --no-progress --out "$scratch/$storage.npz" \
+      || return 1
+  done
+  "$PYTHON" - "$scratch/resident.npz" "$scratch/stream.npz" <<'EOF'
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+same = all(np.array_equal(a[k], b[k]) for k in ("images", "labels", "perturbation"))
+print("streamed (2 chunks) == resident:", same)
+sys.exit(0 if same else 1)
+EOF
+}
+
 bench_grid() {  # GRID JSON [pytest args...]
   local grid=$1 json=$2
   shift 2
@@ -199,6 +217,7 @@ step build build.log 240 build
 step smoke build.log 60 smoke
 step device-tests tests.log 120 device_tests
 step determinism tests.log 60 determinism
+step streaming tests.log 60 streaming
 step bench-targets bench.log 150 bench_grid targets "$OUT/bench_targets.json"
 step profile-loss profile.log 60 "$PYTHON" benchmarks/profile_loss.py --device "$DEVICE" --passes 20
 if [[ $GENERATE == 1 ]]; then
