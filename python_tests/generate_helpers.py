@@ -10,6 +10,11 @@ from miue_ext.datasets import ImageDataset, load_dataset
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+# `miue generate` options for a run of a few seconds on 48 images (the CLI tests).
+TINY = ["--max-samples", "48", "--epochs", "2", "--steps", "2", "--batch-size", "16"]
+TINY += ["--poison-batch-size", "24", "--no-progress", "--device", "cpu"]
+
+
 def tiny_patches(n: int, offset: int = 0) -> ImageDataset:
     """The first n samples of `patches` (its order is interleaved: every class is present)."""
     full = load_dataset("patches")

@@ -14,23 +14,7 @@ from miue_ext.cli import main
 from miue_ext.datasets import load_dataset
 from miue_ext.poison_file import load_poison
 
-from generate_helpers import SINGLE_THREAD_ENV, single_threaded  # noqa: F401  (autouse fixture)
-
-TINY = [
-    "--max-samples",
-    "48",
-    "--epochs",
-    "2",
-    "--steps",
-    "2",
-    "--batch-size",
-    "16",
-    "--poison-batch-size",
-    "24",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
+from generate_helpers import SINGLE_THREAD_ENV, TINY, single_threaded  # noqa: F401  (autouse fixture)
 
 
 def test_generate_then_export_end_to_end(tmp_path, capsys):

@@ -19,23 +19,8 @@ from miue_ext.cli import main
 from miue_ext.errors import InputError, NonFiniteLossError, OutputError
 
 from evaluation_helpers import colour_classes, write_poison, write_tiny_data
-from generate_helpers import SINGLE_THREAD_ENV, single_threaded  # noqa: F401  (autouse fixture)
+from generate_helpers import SINGLE_THREAD_ENV, TINY, single_threaded  # noqa: F401  (autouse fixture)
 
-TINY = [
-    "--max-samples",
-    "48",
-    "--epochs",
-    "2",
-    "--steps",
-    "2",
-    "--batch-size",
-    "16",
-    "--poison-batch-size",
-    "24",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 
 
