@@ -132,3 +132,17 @@ def test_cifar_needs_torchvision_or_root():
 def test_dataset_validation_rejects_out_of_range_labels():
     with pytest.raises(InputError, match="label 5 >= number of classes 3"):
         ImageDataset(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 5]), name="x", num_classes=3)
+
+
+def test_fingerprint_is_hashed_once_per_array(monkeypatch):
+    from miue_ext.datasets import base
+
+    data = load_dataset("digits")
+    first = data.fingerprint()
+    calls = []
+    real = base.hashlib.sha256
+    monkeypatch.setattr(base.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert data.fingerprint() == first and calls == []  # the engine, the meta and torchrun ask again
+    data.images = data.images.copy()
+    data.images[0, 0, 0, 0] ^= 1
+    assert data.fingerprint() != first and calls == [1]  # other arrays: hashed anew
