@@ -4,12 +4,15 @@ or a poison file, always checked against the clean images it claims to perturb."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from miue_ext.datasets import ImageDataset, load_dataset
+from miue_ext.datasets.limits import check_npz_arrays
 from miue_ext.errors import InputError
 from miue_ext.poison_file import load_poison, quantize
 from miue_ext.poison_formats import foreign_format, load_any_poison, poison_source
@@ -39,12 +42,26 @@ def data_spec_for(poison: str, data: str | None) -> str:
             "set it was made from)"
         )
     if poison not in BASELINES and os.path.isfile(poison):
-        recorded = str(load_poison(poison).meta.get("dataset", ""))
+        recorded = str(_recorded_meta(poison).get("dataset", ""))
         base = recorded.removesuffix("-train")
         if base in KNOWN_DATA:
             return base
         raise InputError(f"{poison} was made from {recorded or 'an unnamed data set'}; pass --data")
     return "patches"
+
+
+def _recorded_meta(path: str) -> dict:
+    """The poison file's meta alone (the images are read once, later, by load_training_set); a
+    file that is not a readable poison gets load_poison's one-line error."""
+    try:
+        check_npz_arrays(path, ("meta",))  # its size from the header, before reading it
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+        if isinstance(meta, dict):
+            return meta
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, InputError):
+        pass
+    return load_poison(path).meta
 
 
 def uniform_noise(clean: np.ndarray, eps: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
