@@ -22,6 +22,19 @@ struct LossKernels {
   void (*rows_backward)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                         const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
                         const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff, at::Tensor& direct);
+  // Optional (null where a device has none; ops.py's fake kernel assumes exactly the CPU has them):
+  // an untiled forward that also fills near_dup [B, D] (zero on entry) with the near-duplicate
+  // pairs' share of dL/df per unit upstream gradient, and the backward that then leaves those
+  // pairs out. Near-duplicate distances need the rows (or class-centred products) that the
+  // forward already has, so the backward does not recompute them.
+  void (*rows_forward_near_duplicates)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                                       const at::Tensor& gram, double temperature, double sim_weight,
+                                       double dist_weight, at::Tensor& stats, at::Tensor& row_loss,
+                                       at::Tensor& near_dup) = nullptr;
+  void (*rows_backward_near_duplicates)(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                                        const at::Tensor& gram, double temperature, double sim_weight,
+                                        double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
+                                        at::Tensor& coeff, at::Tensor& direct) = nullptr;
 };
 
 // Each device's file (cpu/mi_ue_loss_cpu.cpp, cuda/mi_ue_loss_cuda.cu) registers its row kernels
@@ -29,15 +42,18 @@ struct LossKernels {
 // of `features`, so a build without CUDA says so instead of reading device memory on the host.
 bool register_loss_kernels(c10::DeviceType device, const LossKernels* kernels);
 
-// Returns (loss, row_stats [B, 4], gram [B, B] or empty when tiled).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(const LossKernels& kernels,
-                                                                  const at::Tensor& features, const at::Tensor& labels,
-                                                                  double temperature, double sim_weight,
-                                                                  double dist_weight, int64_t tile_rows);
+// Returns (loss, row_stats [B, 4], gram [B, B] or empty when tiled, near_dup [B, D] where the
+// device has rows_forward_near_duplicates, dist_weight != 0 and the call is untiled, else empty).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mi_ue_loss_forward(const LossKernels& kernels,
+                                                                              const at::Tensor& features,
+                                                                              const at::Tensor& labels,
+                                                                              double temperature, double sim_weight,
+                                                                              double dist_weight, int64_t tile_rows);
 
 at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& grad, const at::Tensor& features,
                                const at::Tensor& labels, const at::Tensor& row_stats, const at::Tensor& gram,
-                               double temperature, double sim_weight, double dist_weight, int64_t tile_rows);
+                               const at::Tensor& near_dup, double temperature, double sim_weight, double dist_weight,
+                               int64_t tile_rows);
 
 int64_t rows_per_tile(int64_t batch, int64_t tile_rows);
 

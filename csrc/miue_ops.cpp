@@ -17,9 +17,10 @@ TORCH_LIBRARY(miue, m) {
   // L = sim_weight * L_sim + dist_weight * L_dist; also returns what the backward reuses.
   m.def(
       "mi_ue_loss_forward(Tensor features, Tensor labels, float temperature, float sim_weight, "
-      "float dist_weight, int tile_rows) -> (Tensor loss, Tensor row_stats, Tensor gram)");
+      "float dist_weight, int tile_rows) -> (Tensor loss, Tensor row_stats, Tensor gram, Tensor near_dup)");
   m.def(
-      "mi_ue_loss_backward(Tensor grad, Tensor features, Tensor labels, Tensor row_stats, Tensor gram, "
+      "mi_ue_loss_backward(Tensor grad, Tensor features, Tensor labels, Tensor row_stats, Tensor gram, Tensor "
+      "near_dup, "
       "float temperature, float sim_weight, float dist_weight, int tile_rows) -> Tensor");
   m.def("intra_class_cosine_forward(Tensor features, Tensor labels) -> Tensor");
   m.def("intra_class_cosine_backward(Tensor grad, Tensor features, Tensor labels) -> Tensor");

@@ -54,11 +54,19 @@ def _mi_ue_loss_forward_fake(features, labels, temperature, sim_weight, dist_wei
         gram = features.new_empty((batch, batch), dtype=acc)
     else:
         gram = features.new_empty((0, 0), dtype=acc)
-    return features.new_empty(()), stats, gram
+    # Only the CPU kernels return the near-duplicate pairs' gradient (csrc/mi_ue_loss.h), and only
+    # untiled with the distance term on.
+    if features.device.type == "cpu" and dist_weight != 0 and tile_rows >= batch:
+        near_dup = features.new_empty((batch, features.shape[1]), dtype=acc)
+    else:
+        near_dup = features.new_empty((0, 0), dtype=acc)
+    return features.new_empty(()), stats, gram, near_dup
 
 
 @torch.library.register_fake("miue::mi_ue_loss_backward")
-def _mi_ue_loss_backward_fake(grad, features, labels, row_stats, gram, temperature, sim_weight, dist_weight, tile_rows):
+def _mi_ue_loss_backward_fake(
+    grad, features, labels, row_stats, gram, near_dup, temperature, sim_weight, dist_weight, tile_rows
+):
     return torch.empty_like(features, memory_format=torch.contiguous_format)
 
 
@@ -86,19 +94,19 @@ def _pgd_update_indexed_fake(poison, index, x, grad, alpha, eps, check_index=Tru
 # --------------------------------------------------------------------------- autograd
 def _loss_setup_context(ctx, inputs, output):
     features, labels, temperature, sim_weight, dist_weight, tile_rows = inputs
-    _, row_stats, gram = output
-    ctx.save_for_backward(features, labels, row_stats, gram)
+    _, row_stats, gram, near_dup = output
+    ctx.save_for_backward(features, labels, row_stats, gram, near_dup)
     ctx.params = (temperature, sim_weight, dist_weight, tile_rows)
-    # The statistics and the Gram matrix are never differentiated: without this, autograd would
-    # allocate and zero-fill a [B, 4] and a [B, B] gradient for them on every backward.
+    # The statistics, the Gram matrix and near_dup are never differentiated: without this, autograd
+    # would allocate and zero-fill a [B, 4], a [B, B] and a [B, D] gradient on every backward.
     ctx.set_materialize_grads(False)
 
 
-def _loss_backward(ctx, grad_loss, grad_stats, grad_gram):
-    features, labels, row_stats, gram = ctx.saved_tensors
+def _loss_backward(ctx, grad_loss, grad_stats, grad_gram, grad_near_dup):
+    features, labels, row_stats, gram, near_dup = ctx.saved_tensors
     grad_features = None
     if ctx.needs_input_grad[0] and grad_loss is not None:
-        grad_features = _ops.mi_ue_loss_backward(grad_loss, features, labels, row_stats, gram, *ctx.params)
+        grad_features = _ops.mi_ue_loss_backward(grad_loss, features, labels, row_stats, gram, near_dup, *ctx.params)
     return grad_features, None, None, None, None, None
 
 

@@ -102,3 +102,39 @@ def test_collapsed_class_with_a_non_finite_entry_gives_nan(bad, device):
     loss.backward()
     assert torch.isnan(loss)
     assert torch.isnan(leaf.grad).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spread", [SPREAD, 1e-4])
+def test_forward_near_duplicate_gradient_equals_the_backward_own(dtype, spread):
+    """On the CPU the untiled forward returns the near-duplicate pairs' gradient (near_dup) so that
+    the backward does not rebuild their distances; given an empty near_dup instead, the backward
+    computes those pairs itself (the tiled and CUDA path). Both must give the same gradient, and
+    near_dup must hold exactly the near-duplicate share (it is zero for well-separated rows)."""
+    features, labels = collapsed_problem(96, 64, 4, "cpu", dtype, spread=spread, seed=3)
+    features[11] = features[5]  # an exact duplicate too
+    labels[11] = labels[5]
+    forward = torch.ops.miue.mi_ue_loss_forward
+    _, stats, gram, near_dup = forward(features, labels, 0.1, 1.0, 0.1, len(features))
+    assert near_dup.shape == features.shape and near_dup.abs().sum() > 0
+    grad = torch.full((), 0.5, dtype=dtype)
+    args = (features, labels, stats, gram)
+    given = torch.ops.miue.mi_ue_loss_backward(grad, *args, near_dup, 0.1, 1.0, 0.1, len(features))
+    empty = near_dup.new_empty(0, 0)
+    own = torch.ops.miue.mi_ue_loss_backward(grad, *args, empty, 0.1, 1.0, 0.1, len(features))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(given, own, rtol=tolerance, atol=tolerance * own.abs().max().item())
+
+    random_features = torch.randn(96, 64, dtype=dtype)
+    assert forward(random_features, labels, 0.1, 1.0, 0.1, 96)[3].abs().max() == 0  # no near-duplicates
+    assert forward(features, labels, 0.1, 1.0, 0.0, 96)[3].numel() == 0  # no distance term
+    assert forward(features, labels, 0.1, 1.0, 0.1, 32)[3].numel() == 0  # tiled
+
+
+def test_backward_refuses_a_near_dup_of_the_wrong_shape():
+    features, labels = collapsed_problem(32, 16, 3, "cpu")
+    _, stats, gram, near_dup = torch.ops.miue.mi_ue_loss_forward(features, labels, 0.1, 1.0, 0.1, 32)
+    with pytest.raises(RuntimeError, match="near_dup must be empty or the \\[B, D\\] tensor"):
+        torch.ops.miue.mi_ue_loss_backward(
+            torch.ones(()), features, labels, stats, gram, near_dup[:, :8], 0.1, 1.0, 0.1, 32
+        )

@@ -32,9 +32,9 @@ def test_opcheck_intra_class_cosine(device):
 def test_opcheck_backward_ops(device):
     f = torch.randn(12, 5, dtype=torch.float64, device=device)
     y = torch.randint(0, 3, (12,), device=device)
-    _, stats, gram = miue.mi_ue_loss_forward(f, y, 0.1, 1.0, 0.1, 12)
+    _, stats, gram, near_dup = miue.mi_ue_loss_forward(f, y, 0.1, 1.0, 0.1, 12)
     grad = torch.ones((), dtype=torch.float64, device=device)
-    torch.library.opcheck(miue.mi_ue_loss_backward.default, (grad, f, y, stats, gram, 0.1, 1.0, 0.1, 12))
+    torch.library.opcheck(miue.mi_ue_loss_backward.default, (grad, f, y, stats, gram, near_dup, 0.1, 1.0, 0.1, 12))
     torch.library.opcheck(miue.intra_class_cosine_backward.default, (grad, f, y))
 
 

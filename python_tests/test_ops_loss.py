@@ -137,8 +137,10 @@ def test_automatic_tiling_above_the_threshold(device):
     batch = 4200
     assert batch * batch > ops.TILE_ELEMENTS and ops.rows_per_tile(batch) < batch
     features, labels = random_problem(batch, 8, 7, device, torch.float32)
-    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, labels, 0.1, 1.0, 0.1, ops.rows_per_tile(batch))
-    assert gram.numel() == 0  # tiled: no B x B matrix was kept
+    _, row_stats, gram, near_dup = torch.ops.miue.mi_ue_loss_forward(
+        features, labels, 0.1, 1.0, 0.1, ops.rows_per_tile(batch)
+    )
+    assert gram.numel() == 0 and near_dup.numel() == 0  # tiled: no B x B matrix, no [B, D] kept
     assert_matches_reference("mi_ue_loss", features, labels, zeta=0.1)
 
 

@@ -128,15 +128,17 @@ def test_tf32_would_be_visible_here(reduced_precision_matmul):
     assert error > 1e-5  # 9e-5 measured on an H100 (2026-11-27)
 
 
-@pytest.mark.parametrize("argument", ["grad", "row_stats", "gram"])
+@pytest.mark.parametrize("argument", ["grad", "row_stats", "gram", "near_dup"])
 @pytest.mark.cuda
 def test_backward_rejects_tensors_on_another_device(argument):
     features = torch.randn(32, 16, device="cuda")
     y = torch.randint(0, 3, (32,), device="cuda")
-    _, row_stats, gram = torch.ops.miue.mi_ue_loss_forward(features, y, 0.1, 1.0, 0.1, len(features))
-    args = {"grad": torch.ones((), device="cuda"), "row_stats": row_stats, "gram": gram}
+    _, row_stats, gram, _ = torch.ops.miue.mi_ue_loss_forward(features, y, 0.1, 1.0, 0.1, len(features))
+    # CUDA returns no near_dup (an empty tensor): a CPU one must still be refused by device.
+    near_dup = torch.zeros(0, 0, device="cuda")
+    args = {"grad": torch.ones((), device="cuda"), "row_stats": row_stats, "gram": gram, "near_dup": near_dup}
     args[argument] = args[argument].cpu()
     with pytest.raises(RuntimeError, match=f"{argument} must be on the device of features"):
         torch.ops.miue.mi_ue_loss_backward(
-            args["grad"], features, y, args["row_stats"], args["gram"], 0.1, 1.0, 0.1, len(features)
+            args["grad"], features, y, args["row_stats"], args["gram"], args["near_dup"], 0.1, 1.0, 0.1, len(features)
         )

@@ -9,8 +9,9 @@
 // all. The centring is done in double, so g carries no error from the mean's size, and each
 // class is scaled by its largest entry before the float32 product (no overflow or underflow). Pairs that
 // still cancel on g (rows much closer to each other than to their class mean, exact duplicates)
-// are left to the exact row loops. The backward's near-duplicate terms g W_ij (f_i - f_j) are
-// collected per class and applied as M_c G_c, again one product per class.
+// are left to the exact row loops. The near-duplicate gradient terms W_ij (f_i - f_j) are
+// collected per class and applied as M_c G_c, again one product per class: by the untiled forward
+// (its near_dup output), or by the backward when it is given none.
 #pragma once
 #include <ATen/ATen.h>
 

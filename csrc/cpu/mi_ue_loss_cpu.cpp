@@ -84,10 +84,57 @@ void normalize_rows_cpu(const at::Tensor& features, at::Tensor& unit, at::Tensor
   });
 }
 
+// A near-duplicate same-class pair found by the forward: its distance, either recomputed from
+// the rows or (centred) in its class's scaled units, for the near-duplicate gradient.
+template <typename scalar_t>
+struct ExactPair {
+  int64_t j;
+  scalar_t r;
+  bool centred;
+};
+
+// near_dup[i] = sum over the near-duplicate pairs (i, j) of (w_i + w_j) (f_i - f_j) / |f_i - f_j|:
+// their share of dL/df_i per unit upstream gradient (pair_math.h, exact_pair_weight). Built here,
+// where the distances and class blocks already exist, so that the backward needs neither.
+template <typename scalar_t>
+void near_duplicate_gradient(const LossView<scalar_t>& v, const scalar_t* stats,
+                             const std::vector<std::vector<ExactPair<scalar_t>>>& pairs,
+                             const std::optional<class_blocks::ClassBlocks>& blocks, at::Tensor& near_dup) {
+  scalar_t* out = near_dup.data_ptr<scalar_t>();
+  std::vector<std::vector<float>> centred_coeff;  // per class [n_c, n_c]: (w_i + w_j) / scaled distance
+  if (blocks)
+    for (size_t c = 0; c < blocks->gram.size(); ++c)
+      centred_coeff.emplace_back(blocks->size(int32_t(c)) * blocks->size(int32_t(c)), 0.0f);
+  at::parallel_for(0, v.B, row_grain(v.D), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* fi = v.features + i * v.D;
+      scalar_t* out_row = out + i * v.D;  // only this task writes row i (and row pos[i] of its class)
+      for (const ExactPair<scalar_t>& pair : pairs[i]) {
+        const scalar_t weight = exact_pair_weight(stats, i, pair.j, scalar_t(1));
+        const scalar_t* fj = v.features + pair.j * v.D;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (pair.centred) {  // weight (g_i - g_j) / r in the class's scaled units, as row i of M_c
+            const int32_t c = blocks->cls[i];
+            const int64_t n = blocks->size(c), pi = blocks->pos[i];
+            const float coef = weight / pair.r;
+            centred_coeff[c][pi * n + pi] += coef;
+            centred_coeff[c][pi * n + blocks->pos[pair.j]] -= coef;
+          } else if (pair.r != 0.0f) {
+            fast_f32::add_scaled_difference(out_row, fi, fj, v.D, weight, pair.r);
+          }
+        } else if (pair.r != scalar_t(0)) {
+          for (int64_t k = 0; k < v.D; ++k) out_row[k] += weight * ((fi[k] - fj[k]) / pair.r);
+        }
+      }
+    }
+  });
+  if (blocks) class_blocks::add_products(*blocks, centred_coeff, near_dup);
+}
+
 template <typename scalar_t>
 void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                         const at::Tensor& gram, int64_t row0, double temperature, double sim_weight, double dist_weight,
-                        at::Tensor& stats, at::Tensor& row_loss) {
+                        at::Tensor& stats, at::Tensor& row_loss, at::Tensor* near_dup) {
   const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
   const scalar_t* g = gram.data_ptr<scalar_t>();
   scalar_t* st = stats.data_ptr<scalar_t>();
@@ -96,6 +143,8 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
   const std::vector<int32_t> ids = kFast ? fast_f32::dense_label_ids(v.labels, v.B) : std::vector<int32_t>();
   std::optional<class_blocks::ClassBlocks> blocks;
   if constexpr (kFast) blocks = centred_blocks(features, v, g, gram.size(0), ids);
+  // Untiled only (the driver asks for near_dup then), so row r is row i.
+  std::vector<std::vector<ExactPair<scalar_t>>> exact_pairs(near_dup ? v.B : 0);
   at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = row0 + r;
@@ -119,15 +168,23 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
               continue;
             }
             const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
-            dist_sum += centred >= 0 ? float(blocks->scale[blocks->cls[i]] * centred)
-                                     : fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
+            if (centred >= 0) {
+              dist_sum += float(blocks->scale[blocks->cls[i]] * centred);
+              if (near_dup) exact_pairs[i].push_back({j, centred, true});
+            } else {
+              const float r = fast_f32::exact_distance(fi, v.features + j * v.D, v.D, d.scale);
+              dist_sum += r;
+              if (near_dup) exact_pairs[i].push_back({j, r, false});
+            }
           }
         }
       } else {
         const scalar_t* fi = v.features + i * v.D;
         scalar_t exact_sum = 0;
         const auto on_exact = [&](int64_t j, scalar_t scale) {
-          exact_sum += exact_distance(fi, v.features + j * v.D, v.D, scale);
+          const scalar_t r = exact_distance(fi, v.features + j * v.D, v.D, scale);
+          exact_sum += r;
+          if (near_dup) exact_pairs[i].push_back({j, r, false});
         };
         for (int64_t j = 0; j < v.B; ++j)
           forward_pair(v, i, j, g_row[j], m_i, offset_i, same_sum, all_sum, dist_sum, on_exact);
@@ -141,6 +198,7 @@ void rows_forward_typed(const at::Tensor& features, const at::Tensor& norms, con
       out[i] = finish_row_loss(v, same_sum, all_sum, dist_sum);
     }
   });
+  if (near_dup) near_duplicate_gradient(v, st, exact_pairs, blocks, *near_dup);
 }
 
 void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
@@ -148,7 +206,16 @@ void rows_forward_cpu(const at::Tensor& features, const at::Tensor& norms, const
                       at::Tensor& stats, at::Tensor& row_loss) {
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cpu", [&] {
     rows_forward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight, stats,
-                                 row_loss);
+                                 row_loss, nullptr);
+  });
+}
+
+void rows_forward_near_duplicates_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                                      const at::Tensor& gram, double temperature, double sim_weight, double dist_weight,
+                                      at::Tensor& stats, at::Tensor& row_loss, at::Tensor& near_dup) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_forward_cpu", [&] {
+    rows_forward_typed<scalar_t>(features, norms, labels, gram, 0, temperature, sim_weight, dist_weight, stats,
+                                 row_loss, &near_dup);
   });
 }
 
@@ -170,7 +237,7 @@ template <typename scalar_t>
 void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
                          const at::Tensor& gram, int64_t row0, double temperature, double sim_weight,
                          double dist_weight, const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff,
-                         at::Tensor& direct) {
+                         at::Tensor& direct, bool near_dup_given) {
   const auto v = make_loss_view<scalar_t>(features, norms, labels, temperature, sim_weight, dist_weight);
   const scalar_t* g = gram.data_ptr<scalar_t>();
   const scalar_t* st = stats.data_ptr<scalar_t>();
@@ -183,7 +250,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
   std::vector<std::vector<float>> centred_coeff;  // per class [n_c, n_c]: the g W_ij of centred pairs
   if constexpr (kFast) {
     cols = column_tables(v, st);
-    blocks = centred_blocks(features, v, g, gram.size(0), cols.ids);
+    if (!near_dup_given) blocks = centred_blocks(features, v, g, gram.size(0), cols.ids);
     if (blocks)
       for (size_t c = 0; c < blocks->gram.size(); ++c)
         centred_coeff.emplace_back(blocks->size(int32_t(c)) * blocks->size(int32_t(c)), 0.0f);
@@ -200,6 +267,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
       const scalar_t* fi = v.features + i * v.D;
       // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i.
       const auto on_exact = [&](int64_t j, scalar_t scale) {
+        if (near_dup_given) return;  // the forward's near_dup holds this pair's share
         const scalar_t* fj = v.features + j * v.D;
         const scalar_t weight = exact_pair_weight(st, i, j, upstream);
         if constexpr (kFast) {
@@ -254,13 +322,24 @@ void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, cons
                        const at::Tensor& stats, const at::Tensor& grad, at::Tensor& coeff, at::Tensor& direct) {
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
     rows_backward_typed<scalar_t>(features, norms, labels, gram, row0, temperature, sim_weight, dist_weight, stats,
-                                  grad, coeff, direct);
+                                  grad, coeff, direct, false);
+  });
+}
+
+void rows_backward_near_duplicates_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
+                                       const at::Tensor& gram, double temperature, double sim_weight,
+                                       double dist_weight, const at::Tensor& stats, const at::Tensor& grad,
+                                       at::Tensor& coeff, at::Tensor& direct) {
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "rows_backward_cpu", [&] {
+    rows_backward_typed<scalar_t>(features, norms, labels, gram, 0, temperature, sim_weight, dist_weight, stats, grad,
+                                  coeff, direct, true);
   });
 }
 
 }  // namespace
 
-const LossKernels kCpuLossKernels{normalize_rows_cpu, rows_forward_cpu, rows_backward_cpu};
+const LossKernels kCpuLossKernels{normalize_rows_cpu, rows_forward_cpu, rows_backward_cpu,
+                                  rows_forward_near_duplicates_cpu, rows_backward_near_duplicates_cpu};
 const bool kCpuLossKernelsRegistered = register_loss_kernels(c10::DeviceType::CPU, &kCpuLossKernels);
 
 }  // namespace miue
