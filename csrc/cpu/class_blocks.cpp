@@ -15,7 +15,7 @@ float ClassBlocks::scaled_distance(int64_t i, int64_t j) const {
   const int32_t c = cls[i];
   if (!(scale[c] > 0) || !std::isfinite(scale[c])) return -1.0f;
   const int64_t n = size(c);
-  const double h = gram[c].data_ptr<float>()[pos[i] * n + pos[j]];
+  const double h = gram_data[c][pos[i] * n + pos[j]];
   const double d2 = sq[i] + sq[j] - 2.0 * h;
   const double bigger = std::max(sq[i], sq[j]);
   if (!(d2 >= kRecomputeBelow * bigger) || !(bigger > 0) || !std::isfinite(d2)) return -1.0f;
@@ -49,15 +49,16 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
     b.pos[i] = filled[ids[i]]++;
     b.order[b.start[ids[i]] + b.pos[i]] = i;
   }
-  // Class by class: the mean in double, g = f - mean in double (kept for the class), the
-  // class's largest |g| (NaN if any is NaN), then g / that scale rounded once to float32. The
-  // loops are written so that they vectorise (no branches, no aliasing).
+  // Class by class: the mean in double, the class's largest |g| for g = f - mean in double (NaN
+  // if any is NaN), then g / that scale rounded once to float32. g is recomputed in the second
+  // pass rather than kept (n_c x D doubles would leave the cache); the loops are written so that
+  // they vectorise (no branches, no aliasing).
   b.scale.assign(classes, 0.0);
   b.centred = at::empty({batch, dim}, features.options());
   float* out_all = b.centred.data_ptr<float>();
   b.sq.assign(batch, 0.0);
   at::parallel_for(0, classes, 1, [&](int64_t class_begin, int64_t class_end) {
-    std::vector<double> mean(dim), diff;
+    std::vector<double> mean(dim);
     for (int64_t c = class_begin; c < class_end; ++c) {
       const int64_t first = b.start[c], n = b.size(int32_t(c));
       double* __restrict m = mean.data();
@@ -70,15 +71,12 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
       const double inv_n = 1.0 / double(n);
 #pragma omp simd
       for (int64_t k = 0; k < dim; ++k) m[k] *= inv_n;
-      diff.resize(size_t(n) * dim);
       double biggest = 0.0, total = 0.0;  // total is NaN exactly when some |g| is NaN
       for (int64_t r = 0; r < n; ++r) {
         const float* __restrict row = f + b.order[first + r] * dim;
-        double* __restrict d = diff.data() + r * dim;
 #pragma omp simd reduction(max : biggest) reduction(+ : total)
         for (int64_t k = 0; k < dim; ++k) {
-          d[k] = double(row[k]) - m[k];
-          const double a = std::abs(d[k]);
+          const double a = std::abs(double(row[k]) - m[k]);
           biggest = std::max(biggest, a);
           total += a;
         }
@@ -87,12 +85,12 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
       b.scale[c] = s;
       const double inv = s > 0 && std::isfinite(s) ? 1.0 / s : 0.0;
       for (int64_t r = 0; r < n; ++r) {
-        const double* __restrict d = diff.data() + r * dim;
+        const float* __restrict row = f + b.order[first + r] * dim;
         float* __restrict out = out_all + (first + r) * dim;
         double sq = 0.0;
 #pragma omp simd reduction(+ : sq)
         for (int64_t k = 0; k < dim; ++k) {
-          out[k] = float(d[k] * inv);
+          out[k] = float((double(row[k]) - m[k]) * inv);
           sq += double(out[k]) * double(out[k]);
         }
         b.sq[b.order[first + r]] = sq;
@@ -101,7 +99,8 @@ ClassBlocks build(const at::Tensor& features, const std::vector<int32_t>& ids) {
   });
   for (int32_t c = 0; c < classes; ++c) {
     const at::Tensor rows = b.centred.narrow(0, b.start[c], b.size(c));
-    b.gram.push_back(at::mm(rows, rows.t()));
+    b.gram.push_back(at::mm(rows, rows.t()).contiguous());
+    b.gram_data.push_back(b.gram.back().data_ptr<float>());
   }
   return b;
 }

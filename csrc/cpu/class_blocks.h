@@ -22,14 +22,15 @@ namespace miue {
 namespace class_blocks {
 
 struct ClassBlocks {
-  std::vector<int32_t> cls;      // dense class id of each row
-  std::vector<int64_t> pos;      // index of each row within its class
-  std::vector<int64_t> start;    // per class: first row of its block in `centred`
-  std::vector<int64_t> order;    // row of the original batch at each row of `centred`
-  std::vector<double> scale;     // per class: the largest |g| entry (rows are stored divided by it)
-  at::Tensor centred;            // [B, D] float32 rows g / scale, grouped by class
-  std::vector<at::Tensor> gram;  // per class: [n_c, n_c] products of those scaled rows
-  std::vector<double> sq;        // |g_i / scale|^2 of the float32 scaled rows, by original row
+  std::vector<int32_t> cls;             // dense class id of each row
+  std::vector<int64_t> pos;             // index of each row within its class
+  std::vector<int64_t> start;           // per class: first row of its block in `centred`
+  std::vector<int64_t> order;           // row of the original batch at each row of `centred`
+  std::vector<double> scale;            // per class: the largest |g| entry (rows are stored divided by it)
+  at::Tensor centred;                   // [B, D] float32 rows g / scale, grouped by class
+  std::vector<at::Tensor> gram;         // per class: [n_c, n_c] products of those scaled rows
+  std::vector<const float*> gram_data;  // their data (looked up once per pair: no tensor calls)
+  std::vector<double> sq;               // |g_i / scale|^2 of the float32 scaled rows, by original row
 
   int64_t size(int32_t c) const { return start[c + 1] - start[c]; }
 

@@ -246,15 +246,7 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
   scalar_t* out = direct.data_ptr<scalar_t>();
   constexpr bool kFast = std::is_same_v<scalar_t, float>;
   fast_f32::ColumnTables cols;
-  std::optional<class_blocks::ClassBlocks> blocks;
-  std::vector<std::vector<float>> centred_coeff;  // per class [n_c, n_c]: the g W_ij of centred pairs
-  if constexpr (kFast) {
-    cols = column_tables(v, st);
-    if (!near_dup_given) blocks = centred_blocks(features, v, g, gram.size(0), cols.ids);
-    if (blocks)
-      for (size_t c = 0; c < blocks->gram.size(); ++c)
-        centred_coeff.emplace_back(blocks->size(int32_t(c)) * blocks->size(int32_t(c)), 0.0f);
-  }
+  if constexpr (kFast) cols = column_tables(v, st);
   (void)cols;
   at::parallel_for(0, gram.size(0), row_grain(v.B), [&](int64_t begin, int64_t end) {
     std::vector<float> saved_cosines;  // per task, reused across its rows
@@ -265,21 +257,14 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
       scalar_t* m_row = m + r * v.B;
       scalar_t* out_row = out + r * v.D;  // only this task writes row r
       const scalar_t* fi = v.features + i * v.D;
-      // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i.
+      // Near-duplicate pairs: recompute |f_i - f_j| and add g W_ij (f_i - f_j) to row i. Only
+      // tiled calls (and a caller that passes no near_dup) get here: untiled, the forward's
+      // near_dup already holds these pairs' share, from its class-centred products.
       const auto on_exact = [&](int64_t j, scalar_t scale) {
-        if (near_dup_given) return;  // the forward's near_dup holds this pair's share
+        if (near_dup_given) return;
         const scalar_t* fj = v.features + j * v.D;
         const scalar_t weight = exact_pair_weight(st, i, j, upstream);
         if constexpr (kFast) {
-          const float centred = blocks ? blocks->scaled_distance(i, j) : -1.0f;
-          if (centred >= 0) {  // weight (g_i - g_j) / r, in the class's scaled units, as row i of M_c
-            const int32_t c = blocks->cls[i];
-            const int64_t n = blocks->size(c), pi = blocks->pos[i];
-            const float coef = weight / centred;
-            centred_coeff[c][pi * n + pi] += coef;
-            centred_coeff[c][pi * n + blocks->pos[j]] -= coef;
-            return;
-          }
           const float r = fast_f32::exact_distance(fi, fj, v.D, scale);
           if (r != 0.0f) fast_f32::add_scaled_difference(out_row, fi, fj, v.D, weight, r);
         } else {
@@ -314,7 +299,6 @@ void rows_backward_typed(const at::Tensor& features, const at::Tensor& norms, co
       m_row[i] += upstream * backward_diagonal_correction(v, i, w_sum, hc_sum);
     }
   });
-  if (blocks) class_blocks::add_products(*blocks, centred_coeff, direct);
 }
 
 void rows_backward_cpu(const at::Tensor& features, const at::Tensor& norms, const at::Tensor& labels,
