@@ -154,7 +154,7 @@ at::Tensor mi_ue_loss_backward(const LossKernels& kernels, const at::Tensor& gra
   const int64_t tile = reuse_gram ? batch : rows_per_tile(batch, tile_rows);
 
   // The near-duplicate pairs' share (per unit upstream gradient) is the starting point.
-  at::Tensor grad_features = near_dup_given ? near_dup * grad_acc : at::zeros_like(p.features);
+  at::Tensor grad_features = near_dup_given ? (near_dup * grad_acc).contiguous() : at::zeros_like(p.features);
   for (int64_t row0 = 0; row0 < batch; row0 += tile) {
     const int64_t rows = std::min(tile, batch - row0);
     at::Tensor block_gram = reuse_gram ? gram.contiguous() : at::mm(p.unit.narrow(0, row0, rows), p.unit.t());

@@ -124,6 +124,9 @@ def test_forward_near_duplicate_gradient_equals_the_backward_own(dtype, spread):
     own = torch.ops.miue.mi_ue_loss_backward(grad, *args, empty, 0.1, 1.0, 0.1, len(features))
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(given, own, rtol=tolerance, atol=tolerance * own.abs().max().item())
+    column_major = near_dup.t().contiguous().t()  # same values, another layout: same, contiguous result
+    relaid = torch.ops.miue.mi_ue_loss_backward(grad, *args, column_major, 0.1, 1.0, 0.1, len(features))
+    assert relaid.is_contiguous() and torch.equal(relaid, given)
 
     random_features = torch.randn(96, 64, dtype=dtype)
     assert forward(random_features, labels, 0.1, 1.0, 0.1, 96)[3].abs().max() == 0  # no near-duplicates

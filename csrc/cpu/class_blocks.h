@@ -10,8 +10,8 @@
 // class is scaled by its largest entry before the float32 product (no overflow or underflow). Pairs that
 // still cancel on g (rows much closer to each other than to their class mean, exact duplicates)
 // are left to the exact row loops. The near-duplicate gradient terms W_ij (f_i - f_j) are
-// collected per class and applied as M_c G_c, again one product per class: by the untiled forward
-// (its near_dup output), or by the backward when it is given none.
+// collected per class and applied as M_c G_c, again one product per class, by the untiled forward
+// (its near_dup output); the backward uses no class blocks.
 #pragma once
 #include <ATen/ATen.h>
 
