@@ -218,3 +218,12 @@ def test_alpha_auto_scales_the_first_step_to_the_run(epochs, eps, start):
 
 def test_perturb_flip_option_reaches_the_config():
     assert _parsed_config(["--perturb-flip"]).perturb_flip and not _parsed_config([]).perturb_flip
+
+
+@pytest.mark.parametrize(
+    "flag, key", [("--augment-perturbation", "perturb_augment"), ("--perturb-flip", "perturb_flip")]
+)
+def test_generation_flags_are_recorded_in_the_poison_file(flag, key, tmp_path):
+    out = tmp_path / "p.npz"
+    assert main(["generate", flag, "--out", str(out), *TINY]) == 0
+    assert load_poison(out).meta["config"][key] is True

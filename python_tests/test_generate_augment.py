@@ -5,9 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miue_ext.cli import main
 from miue_ext import augment
-from miue_ext.poison_file import load_poison
 
 from generate_helpers import on_off_on_runs, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
@@ -64,24 +62,3 @@ def test_engine_with_augmentation_is_bounded_reproducible_and_differs():
     x = torch.from_numpy(data.images).float() / 255
     assert runs[0].delta.abs().max() <= 8 / 255 + 1e-7 and runs[0].delta.abs().max() > 3 / 255
     assert ((x + runs[0].delta) >= -1e-7).all() and ((x + runs[0].delta) <= 1 + 1e-7).all()
-
-
-def test_cli_flag_is_recorded_in_the_poison_file(tmp_path):
-    out = tmp_path / "p.npz"
-    code = main(
-        [
-            "generate",
-            "--max-samples",
-            "32",
-            "--epochs",
-            "1",
-            "--steps",
-            "1",
-            "--augment-perturbation",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    assert load_poison(out).meta["config"]["perturb_augment"] is True

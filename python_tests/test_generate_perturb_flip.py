@@ -6,9 +6,7 @@ import contextlib
 import torch
 from torch import nn
 
-from miue_ext.cli import main
 from miue_ext.generate import steps
-from miue_ext.poison_file import load_poison
 
 from generate_helpers import on_off_on_runs, single_threaded, tiny_patches  # noqa: F401  (autouse fixture)
 
@@ -63,24 +61,3 @@ def test_engine_with_perturb_flip_is_bounded_reproducible_and_differs():
     runs = on_off_on_runs(data, "perturb_flip")
     assert torch.equal(runs[0].delta, runs[1].delta) and not torch.equal(runs[0].delta, runs[2].delta)
     assert runs[0].delta.abs().max() <= 8 / 255 + 1e-7 and runs[0].delta.abs().max() > 3 / 255
-
-
-def test_cli_flag_is_recorded_in_the_poison_file(tmp_path):
-    out = tmp_path / "p.npz"
-    code = main(
-        [
-            "generate",
-            "--max-samples",
-            "32",
-            "--epochs",
-            "1",
-            "--steps",
-            "1",
-            "--perturb-flip",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    assert load_poison(out).meta["config"]["perturb_flip"] is True
