@@ -1,5 +1,8 @@
 """Mean, min and max clean test accuracy per variant and victim from out/sweep/*/report.json.
 
+A report folder is NAME_sSEED_VICTIM; VICTIM may carry a suffix (plaincnn_e100: a victim
+trained with non-default options), which makes it a column of its own.
+
 python experiments/protection_table.py [SWEEP_DIR]
 """
 
@@ -13,7 +16,7 @@ from pathlib import Path
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "out/sweep")
 rows = defaultdict(list)
 for report in sorted(root.glob("*_s*_*/report.json")):
-    match = re.fullmatch(r"(.+)_s(\d+)_([a-z0-9]+)", report.parent.name)
+    match = re.fullmatch(r"(.+)_s(\d+)_([a-z0-9]+(?:_[a-z0-9]+)*)", report.parent.name)
     if not match:
         continue
     name, seed, victim = match.groups()
