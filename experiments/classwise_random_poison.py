@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=8, help="budget in 1/255 units (default 8)")
     parser.add_argument("--out", required=True, help="poison file to write")
     args = parser.parse_args()
+    if not 0.5 <= args.eps <= 255:  # poisons are stored in whole pixel levels
+        parser.error(f"--eps must be in [0.5, 255] (1/255 units), got {args.eps:g}")
     reference = load_poison(args.like)
     clean = reference.clean_images
     labels = np.asarray(reference.labels)

@@ -23,6 +23,9 @@ for report in sorted(root.glob("*_s*_*/report.json")):
     data = json.loads(report.read_text())
     rows[(name, victim)].append((int(seed), 100 * data["final_test_acc"], 100 * data["peak_test_acc"]))
 
+if not rows:
+    sys.exit(f"no NAME_sSEED_VICTIM/report.json under {root} (experiments/protection_run.sh writes them)")
+
 print("| variant | victim | seeds | final mean (range) | peak mean (range) | per seed final/peak |")
 print("|---|---|---|---|---|---|")
 for (name, victim), runs in sorted(rows.items()):
