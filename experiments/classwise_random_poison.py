@@ -5,6 +5,10 @@ so the noise alone separates the classes perfectly; a victim that still learns t
 how much protection a pure class shortcut buys on that data set.
 
 python experiments/classwise_random_poison.py --like out/sweep/auto_s0.npz --seed 0 --out crs_s0.npz
+
+--block B draws each class pattern on a grid of B x B pixel blocks (one sign per block and
+channel), so that the victims' random crop (shifts of up to 4 pixels) moves most of the pattern
+onto pixels that carry the same sign: a shortcut that survives augmentation.
 """
 
 import argparse
@@ -19,6 +23,7 @@ def main() -> None:
     parser.add_argument("--like", required=True, help="a poison file: its clean images, labels and data set")
     parser.add_argument("--seed", type=int, default=0, help="seed of the class patterns")
     parser.add_argument("--eps", type=float, default=8, help="budget in 1/255 units (default 8)")
+    parser.add_argument("--block", type=int, default=1, help="side of the constant-sign blocks in pixels (default 1)")
     parser.add_argument("--out", required=True, help="poison file to write")
     args = parser.parse_args()
     if not 0.5 <= args.eps <= 255:  # poisons are stored in whole pixel levels
@@ -26,14 +31,28 @@ def main() -> None:
     reference = load_poison(args.like)
     clean = reference.clean_images
     labels = np.asarray(reference.labels)
+    height, width = clean.shape[1:3]  # images are stored N, H, W, C
+    if args.block < 1 or height % args.block or width % args.block:
+        parser.error(f"--block must be a positive divisor of the image size {height}x{width}, got {args.block}")
     rng = np.random.default_rng(args.seed)
     eps = args.eps / 255
-    patterns = rng.choice([-eps, eps], size=(int(labels.max()) + 1,) + clean.shape[1:])
+    grid = (int(labels.max()) + 1, height // args.block, width // args.block) + clean.shape[3:]
+    patterns = rng.choice([-eps, eps], size=grid).repeat(args.block, axis=1).repeat(args.block, axis=2)
     poisoned, perturbation = quantize(clean, patterns[labels], eps)
     meta = {k: v for k, v in reference.meta.items() if k not in ("history", "config", "alpha_schedule")}
-    meta.update({"method": "classwise random sign (control)", "seed": args.seed, "eps": eps, "eps_pixels": args.eps})
+    meta.update(
+        {
+            "method": "classwise random sign (control)",
+            "seed": args.seed,
+            "eps": eps,
+            "eps_pixels": args.eps,
+            "block": args.block,
+        }
+    )
     save_poison(args.out, poisoned, labels, perturbation, meta)
-    print(f"wrote {args.out}: {len(labels)} images, {len(patterns)} class patterns of +-{args.eps:g}/255")
+    print(
+        f"wrote {args.out}: {len(labels)} images, {len(patterns)} class patterns of +-{args.eps:g}/255 in {args.block}x{args.block} blocks"
+    )
 
 
 if __name__ == "__main__":
