@@ -76,12 +76,8 @@ class ResNet18(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
-def _conv_bn_relu(cin: int, cout: int, group_norm: bool = False) -> nn.Sequential:
-    norm = nn.GroupNorm(GROUP_NORM_GROUPS, cout) if group_norm else nn.BatchNorm2d(cout)
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), norm, nn.ReLU(inplace=True))
-
-
-GROUP_NORM_GROUPS = 8  # divides every SmallCNN width (16 to 128 channels at the default width)
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
@@ -90,16 +86,13 @@ class SmallCNN(nn.Module):
     Features are the `width * 8`-d vector after global average pooling.
     """
 
-    group_norm = False
-
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 16):
         super().__init__()
         self.feature_dim = width * 8
-        gn = self.group_norm
-        self.stem = _conv_bn_relu(in_channels, width, gn)
-        self.stage1 = nn.Sequential(_conv_bn_relu(width, width * 2, gn), nn.MaxPool2d(2))
-        self.stage2 = nn.Sequential(_conv_bn_relu(width * 2, width * 4, gn), nn.MaxPool2d(2))
-        self.stage3 = nn.Sequential(_conv_bn_relu(width * 4, width * 8, gn), nn.MaxPool2d(2))
+        self.stem = _conv_bn_relu(in_channels, width)
+        self.stage1 = nn.Sequential(_conv_bn_relu(width, width * 2), nn.MaxPool2d(2))
+        self.stage2 = nn.Sequential(_conv_bn_relu(width * 2, width * 4), nn.MaxPool2d(2))
+        self.stage3 = nn.Sequential(_conv_bn_relu(width * 4, width * 8), nn.MaxPool2d(2))
         self.classifier = nn.Linear(width * 8, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,15 +102,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
-
-
-class SmallCNNGroupNorm(SmallCNN):
-    """`smallcnn` with GroupNorm in place of batch norm: a surrogate with no batch statistics,
-    whose features for one image do not depend on the rest of its batch. Batch-norm-free victims
-    (`plaincnn`) cannot use batch statistics either, so this asks whether a poison fitted to a
-    batch-norm surrogate leans on them."""
-
-    group_norm = True
 
 
 class ResNet10(nn.Module):
@@ -225,7 +209,6 @@ REGISTRY: dict[str, ModelEntry] = {
     "vgg11": ModelEntry(VGG11, surrogate=False, victim=True),
     "resnet18": ModelEntry(ResNet18, surrogate=True, victim=True),
     "smallcnn": ModelEntry(SmallCNN, surrogate=True, victim=True),
-    "smallcnn-gn": ModelEntry(SmallCNNGroupNorm, surrogate=True, victim=False),
 }
 MODEL_NAMES = tuple(name for name, entry in REGISTRY.items() if entry.surrogate)  # the surrogates
 VICTIM_NAMES = tuple(name for name, entry in REGISTRY.items() if entry.victim)
