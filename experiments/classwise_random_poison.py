@@ -12,9 +12,11 @@ onto pixels that carry the same sign: a shortcut that survives augmentation.
 """
 
 import argparse
+import os
 
 import numpy as np
 
+from miue_ext.errors import InputError
 from miue_ext.poison_file import load_poison, quantize, save_poison
 
 
@@ -28,7 +30,15 @@ def main() -> None:
     args = parser.parse_args()
     if not 0.5 <= args.eps <= 255:  # poisons are stored in whole pixel levels
         parser.error(f"--eps must be in [0.5, 255] (1/255 units), got {args.eps:g}")
-    reference = load_poison(args.like)
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        parser.error(f"--out: folder {out_dir} does not exist")
+    try:
+        reference = load_poison(args.like)
+    except InputError as err:
+        parser.error(f"--like: {err}")
     clean = reference.clean_images
     labels = np.asarray(reference.labels)
     height, width = clean.shape[1:3]  # images are stored N, H, W, C
