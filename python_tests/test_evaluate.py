@@ -1,6 +1,7 @@
 """`miue evaluate` and `miue plot` on tiny npz data: the report, learning, baselines, bad inputs."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from miue_ext.errors import InputError
 from miue_ext.evaluate.defenses import parse_defense
 from miue_ext.evaluate.train import TrainConfig, train_victim
 from miue_ext.evaluate.training_sets import load_training_set, uniform_noise
-from miue_ext.evaluate.victims import VICTIM_NAMES, build_victim
+from miue_ext.evaluate.victims import VICTIM_NAMES, build_victim, default_warmup_epochs
 
 from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
 from evaluation_helpers import colour_classes, run_command, write_poison, write_tiny_data
@@ -87,6 +88,73 @@ def test_training_is_reproducible_for_a_seed():
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
 
 
+def _per_step(config: TrainConfig, n: int) -> list[tuple[float, float]]:
+    """(lr, global gradient norm) as the optimizer sees them at each step."""
+    images, labels = colour_classes(n, size=8, classes=2, seed=1)
+    seen = []
+    original_step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad.flatten() for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append((self.param_groups[0]["lr"], float(torch.cat(grads).norm())))
+        return original_step(self, *args, **kwargs)
+
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", recording_step)
+        train_victim(
+            build_victim("smallcnn", 2),
+            images,
+            labels,
+            images,
+            labels,
+            config,
+            parse_defense("none"),
+            torch.device("cpu"),
+            log=lambda line: None,
+        )
+    return seen
+
+
+def _learning_rates_per_step(config: TrainConfig, n: int) -> list[float]:
+    return [lr for lr, _ in _per_step(config, n)]
+
+
+def test_max_grad_norm_bounds_every_step_and_zero_means_never():
+    free = [norm for _, norm in _per_step(TrainConfig(epochs=2, batch_size=16), 40)]
+    limit = min(free) / 2
+    clipped = [norm for _, norm in _per_step(TrainConfig(epochs=2, batch_size=16, max_grad_norm=limit), 40)]
+    assert len(clipped) == len(free) == 6
+    # The first step starts from the same weights and batch, so its norm is free[0] > limit.
+    assert clipped[0] == pytest.approx(limit, rel=1e-5)
+    assert max(clipped) <= limit * (1 + 1e-5)
+
+
+def test_warmup_ramps_the_first_steps_then_follows_the_cosine_schedule():
+    # 40 images in batches of 16: 3 steps per epoch; 1.5 warm-up epochs round to 4 (half-even 4.5).
+    cosine = [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    plain = _learning_rates_per_step(TrainConfig(epochs=4, batch_size=16, lr=0.1), 40)
+    assert plain == pytest.approx([lr for lr in cosine for _ in range(3)], rel=1e-12)
+    warm = _learning_rates_per_step(TrainConfig(epochs=4, batch_size=16, lr=0.1, warmup_epochs=1.5), 40)
+    expected = [cosine[0] * (k + 1) / 4 for k in range(3)] + [cosine[1] * 4 / 4] + [cosine[1]] * 2
+    expected += [lr for lr in cosine[2:] for _ in range(3)]
+    assert warm == pytest.approx(expected, rel=1e-12)
+
+
+def test_plaincnn_gets_its_own_lr_and_warmup_unless_told(tiny):
+    folder, data, _, _ = tiny
+    recipes = {}
+    told = ["--lr", "0.05", "--warmup-epochs", "0", "--max-grad-norm", "0"]
+    for name, extra in [("default", []), ("told", told)]:
+        out = folder / name
+        argv = ["evaluate", "--poison", "clean", *data, *TINY, "--model", "plaincnn", *extra, "--out", str(out)]
+        assert run_command(argv) == 0
+        train = json.loads((out / "report.json").read_text())["train"]
+        recipes[name] = (train["lr"], train["warmup_epochs"], train["max_grad_norm"])
+    assert recipes == {"default": (0.03, 1.0, 5.0), "told": (0.05, 0.0, 0.0)}  # warm-up: at most half the epochs
+    assert default_warmup_epochs("plaincnn", 100) == 5 and default_warmup_epochs("resnet10", 100) == 0
+
+
 @pytest.mark.parametrize("defense", ["cutout", "cutmix", "mixup", "jpeg:10", "grayscale", "bdr:2", "blur", "at:8"])
 def test_every_defense_trains(defense):
     images, labels = colour_classes(32, size=16, classes=4)
@@ -141,6 +209,9 @@ def test_poison_made_from_other_images_is_refused(tmp_path):
         (["--poison", "clean", "--epochs", "0"], "--epochs must be >= 1"),
         (["--poison", "random", "--eps", "0"], "--eps must be in (0, 255]"),
         (["--poison", "clean", "--model", "vit"], "unknown model"),
+        (["--poison", "clean", "--warmup-epochs", "3"], "--warmup-epochs must be in [0, --epochs=2]"),
+        (["--poison", "clean", "--warmup-epochs", "-1"], "--warmup-epochs must be in [0, --epochs=2]"),
+        (["--poison", "clean", "--max-grad-norm", "-1"], "--max-grad-norm must be a finite number >= 0"),
         (["--poison", "clean", "--out", "{tmp}/exists"], "already exists"),
         (["--poison", "{tmp}/small.npz"], "wrong --data"),
     ],

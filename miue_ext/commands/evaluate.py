@@ -65,6 +65,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="SGD learning rate, cosine decay to 0 (default 0.1; 0.03 for plaincnn, which has no batch norm)",
     )
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        help="linear lr warm-up over this many epochs (default 0; 5 for plaincnn, at most half of --epochs)",
+    )
+    p.add_argument(
+        "--max-grad-norm",
+        type=float,
+        help="clip each step's gradient to this global norm; 0 = never (default 0; 5 for plaincnn)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", help="report folder to create (default: report_<poison>_<defense>)")
@@ -83,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.evaluate.evaluation_report import check_new_folder, write_report
     from miue_ext.evaluate.train import TrainConfig
     from miue_ext.evaluate.training_sets import BASELINES, data_spec_for, load_data
-    from miue_ext.evaluate.victims import default_lr, default_victim
+    from miue_ext.evaluate.victims import default_lr, default_max_grad_norm, default_victim, default_warmup_epochs
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Not distributed yet: every rank would train the whole victim and write the same folder.
@@ -101,8 +111,20 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else default_lr(model_name)
     if not (math.isfinite(lr) and lr > 0):
         raise InputError(f"--lr must be a finite number > 0, got {lr:g}")
+    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(model_name, epochs)
+    if not (math.isfinite(warmup) and 0 <= warmup <= epochs):
+        raise InputError(f"--warmup-epochs must be in [0, --epochs={epochs}], got {warmup:g}")
+    clip = args.max_grad_norm if args.max_grad_norm is not None else default_max_grad_norm(model_name)
+    if not (math.isfinite(clip) and clip >= 0):
+        raise InputError(f"--max-grad-norm must be a finite number >= 0, got {clip:g}")
     config = TrainConfig(
-        epochs=epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay, seed=args.seed
+        epochs=epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        warmup_epochs=warmup,
+        max_grad_norm=clip,
     )
     data_spec = data_spec_for(args.poison, args.data)
     train, test = load_data(data_spec, args.root, args.download, args.test_data, **load_kwargs(args))

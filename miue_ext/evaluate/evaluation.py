@@ -101,7 +101,7 @@ def evaluate_poison(
         "train": {
             **config.to_dict(),
             "augmentation": "random crop (padding 4) + horizontal flip",
-            "optimizer": "SGD, cosine schedule to 0",
+            "optimizer": "SGD, linear warm-up over warmup_epochs, then cosine schedule to 0",
         },
         "history": history,
         **reports.summarise(history),

@@ -35,6 +35,12 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     test_batch_size: int = 500
+    # Linear lr ramp over the first steps, from lr/steps up to the cosine schedule's value.
+    # Without batch norm, full-lr first steps can leave every ReLU dead (see victims.py).
+    warmup_epochs: float = 0.0
+    # Rescale a step whose gradient norm is above this (0: never). Without batch norm, one
+    # outlier step (norm 45 against a median of 3) can throw a victim back to chance mid-run.
+    max_grad_norm: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +103,9 @@ def train_victim(
         loss, train_acc = _train_epoch(model, optimizer, x_train, y_train, config, defense, epoch, progress)
         if not np.isfinite(loss):
             raise NonFiniteLossError(f"victim training loss became {loss} in epoch {epoch}")
+        # The warm-up scales the lr step by step; the cosine schedule goes on from the unscaled one.
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         scheduler.step()
         test_acc = accuracy(model, x_test, y_test, config.test_batch_size)
         record = {
@@ -130,6 +139,10 @@ def _train_epoch(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = len(y_train)
+    steps_per_epoch = -(-n // config.batch_size)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    scheduled_lr = optimizer.param_groups[0]["lr"]
+    first_step = (epoch - 1) * steps_per_epoch
     order = torch.randperm(n, generator=generator).to(x_train.device)
     bar = None
     if progress:
@@ -139,6 +152,10 @@ def _train_epoch(
     loss_sum, correct = 0.0, 0.0
     model.train()
     for start in range(0, n, config.batch_size):
+        step = first_step + start // config.batch_size
+        if step < warmup_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr * (step + 1) / warmup_steps
         index = order[start : start + config.batch_size]
         x = to_model_input(random_crop_flip(x_train.index_select(0, index), generator))
         y = y_train.index_select(0, index)
@@ -155,6 +172,8 @@ def _train_epoch(
             loss = loss + (1 - weight) * F.cross_entropy(logits, y_b)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         with torch.no_grad():
             predicted = logits.argmax(1)
