@@ -160,7 +160,8 @@ class PlainCNN(nn.Module):
     """A second family: a VGG-style CNN with no batch norm and with dropout (channels 32-64-128,
     two 3x3 convolutions per stage, a 256-unit hidden layer). Batch-norm statistics are one route
     by which a poison can steer a victim, so a poison should be judged on a model without them
-    too; it needs a smaller learning rate (evaluate/victims.py: DEFAULT_LR). A victim only."""
+    too; it needs a smaller learning rate, a warm-up and gradient clipping to train reliably
+    (evaluate/victims.py: DEFAULT_LR, DEFAULT_WARMUP_EPOCHS, DEFAULT_MAX_GRAD_NORM). A victim only."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, hidden: int = 256):
         super().__init__()
