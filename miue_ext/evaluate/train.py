@@ -36,7 +36,8 @@ class TrainConfig:
     seed: int = 0
     test_batch_size: int = 500
     # Linear lr ramp over the first steps, from lr/steps up to the cosine schedule's value.
-    # Without batch norm, full-lr first steps can leave every ReLU dead (see victims.py).
+    # Without batch norm, full-lr first steps can leave a victim at the chance loss for tens of
+    # epochs (see victims.py).
     warmup_epochs: float = 0.0
     # Rescale a step whose gradient norm is above this (0: never). Without batch norm, one
     # outlier step (norm 45 against a median of 3) can throw a victim back to chance mid-run.

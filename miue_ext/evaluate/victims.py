@@ -5,7 +5,8 @@ against. The networks and the one registry of names are in miue_ext.models:
     resnet10   a small residual network, the default victim on a CPU (surrogate: smallcnn).
     vgg11      VGG-11 with batch norm, the default victim on CUDA (surrogate: resnet18).
     plaincnn   a VGG-style CNN with no batch norm and with dropout; it needs a smaller
-               learning rate (0.03 by default, see DEFAULT_LR) and a warm-up (DEFAULT_WARMUP_EPOCHS).
+               learning rate (0.03 by default, see DEFAULT_LR), a warm-up and gradient clipping
+               (DEFAULT_WARMUP_EPOCHS, DEFAULT_MAX_GRAD_NORM).
     resnet18, smallcnn   the surrogates.
 
 Every model exposes `forward_features(x) -> [B, D]` and `classifier`, so the MI analysis can
