@@ -12,7 +12,7 @@ from miue_ext.errors import InputError
 from miue_ext.evaluate.defenses import parse_defense
 from miue_ext.evaluate.train import TrainConfig, train_victim
 from miue_ext.evaluate.training_sets import load_training_set, uniform_noise
-from miue_ext.evaluate.victims import VICTIM_NAMES, build_victim, default_warmup_epochs
+from miue_ext.evaluate.victims import VICTIM_NAMES, build_victim, default_warmup_epochs, victim_train_config
 
 from evaluation_helpers import single_threaded  # noqa: F401  (autouse fixture)
 from evaluation_helpers import colour_classes, run_command, write_poison, write_tiny_data
@@ -153,6 +153,15 @@ def test_plaincnn_gets_its_own_lr_and_warmup_unless_told(tiny):
         recipes[name] = (train["lr"], train["warmup_epochs"], train["max_grad_norm"])
     assert recipes == {"default": (0.03, 1.0, 5.0), "told": (0.05, 0.0, 0.0)}  # warm-up: at most half the epochs
     assert default_warmup_epochs("plaincnn", 100) == 5 and default_warmup_epochs("resnet10", 100) == 0
+
+
+def test_victim_train_config_is_the_one_recipe_for_evaluate_and_mi():
+    plain = victim_train_config("plaincnn", 30, seed=2)
+    assert (plain.lr, plain.warmup_epochs, plain.max_grad_norm, plain.seed) == (0.03, 5.0, 5.0, 2)
+    resnet = victim_train_config("resnet10", 30)
+    assert (resnet.lr, resnet.warmup_epochs, resnet.max_grad_norm) == (0.1, 0.0, 0.0)
+    told = victim_train_config("plaincnn", 30, lr=0.05, warmup_epochs=0.0, max_grad_norm=0.0, batch_size=64)
+    assert (told.lr, told.warmup_epochs, told.max_grad_norm, told.batch_size) == (0.05, 0.0, 0.0, 64)
 
 
 @pytest.mark.parametrize("defense", ["cutout", "cutmix", "mixup", "jpeg:10", "grayscale", "bdr:2", "blur", "at:8"])

@@ -91,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.evaluate.defenses import parse_defense
     from miue_ext.evaluate.evaluation import evaluate_poison
     from miue_ext.evaluate.evaluation_report import check_new_folder, write_report
-    from miue_ext.evaluate.train import TrainConfig
     from miue_ext.evaluate.training_sets import BASELINES, data_spec_for, load_data
-    from miue_ext.evaluate.victims import default_lr, default_max_grad_norm, default_victim, default_warmup_epochs
+    from miue_ext.evaluate.victims import default_victim, victim_train_config
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Not distributed yet: every rank would train the whole victim and write the same folder.
@@ -108,24 +107,22 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     epochs = args.epochs if args.epochs is not None else default_epochs(VICTIM_EPOCHS, device.type)
     model_name = default_victim(device.type) if args.model == "auto" else args.model
-    lr = args.lr if args.lr is not None else default_lr(model_name)
-    if not (math.isfinite(lr) and lr > 0):
-        raise InputError(f"--lr must be a finite number > 0, got {lr:g}")
-    warmup = args.warmup_epochs if args.warmup_epochs is not None else default_warmup_epochs(model_name, epochs)
-    if not (math.isfinite(warmup) and 0 <= warmup <= epochs):
-        raise InputError(f"--warmup-epochs must be in [0, --epochs={epochs}], got {warmup:g}")
-    clip = args.max_grad_norm if args.max_grad_norm is not None else default_max_grad_norm(model_name)
-    if not (math.isfinite(clip) and clip >= 0):
-        raise InputError(f"--max-grad-norm must be a finite number >= 0, got {clip:g}")
-    config = TrainConfig(
-        epochs=epochs,
+    config = victim_train_config(
+        model_name,
+        epochs,
+        lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        max_grad_norm=args.max_grad_norm,
         batch_size=args.batch_size,
-        lr=lr,
         weight_decay=args.weight_decay,
         seed=args.seed,
-        warmup_epochs=warmup,
-        max_grad_norm=clip,
     )
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise InputError(f"--lr must be a finite number > 0, got {config.lr:g}")
+    if not (math.isfinite(config.warmup_epochs) and 0 <= config.warmup_epochs <= epochs):
+        raise InputError(f"--warmup-epochs must be in [0, --epochs={epochs}], got {config.warmup_epochs:g}")
+    if not (math.isfinite(config.max_grad_norm) and config.max_grad_norm >= 0):
+        raise InputError(f"--max-grad-norm must be a finite number >= 0, got {config.max_grad_norm:g}")
     data_spec = data_spec_for(args.poison, args.data)
     train, test = load_data(data_spec, args.root, args.download, args.test_data, **load_kwargs(args))
     log = logger(args.progress)

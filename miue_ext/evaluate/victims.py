@@ -18,6 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from miue_ext.errors import InputError
+from miue_ext.evaluate.train import TrainConfig
 
 from miue_ext.models import (  # noqa: F401  (the victims' names, as before the registry moved)
     DEFAULT_VICTIM,
@@ -59,6 +60,25 @@ DEFAULT_MAX_GRAD_NORM = {"plaincnn": 5.0}
 
 def default_max_grad_norm(name: str) -> float:
     return DEFAULT_MAX_GRAD_NORM.get(name, 0.0)
+
+
+def victim_train_config(
+    name: str,
+    epochs: int,
+    lr: float | None = None,
+    warmup_epochs: float | None = None,
+    max_grad_norm: float | None = None,
+    **fields,
+) -> TrainConfig:
+    """The training recipe for victim `name`: its own lr, warm-up and clipping unless given.
+    `miue evaluate` and `miue mi` both build their victims' recipe here."""
+    return TrainConfig(
+        epochs=epochs,
+        lr=default_lr(name) if lr is None else lr,
+        warmup_epochs=default_warmup_epochs(name, epochs) if warmup_epochs is None else warmup_epochs,
+        max_grad_norm=default_max_grad_norm(name) if max_grad_norm is None else max_grad_norm,
+        **fields,
+    )
 
 
 # The smallest image side a victim accepts: VGG-11 halves its input five times (the others

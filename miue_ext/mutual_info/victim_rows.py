@@ -84,21 +84,14 @@ def load_row(spec: str, args, log: Callable[[str], None]) -> Row:
         raise InputError(f"row {spec}: no such report folder or poison file (or use clean | random)")
     from miue_ext.commands.common import VICTIM_EPOCHS, default_epochs, resolve_device
     from miue_ext.evaluate.evaluation import evaluate_poison
-    from miue_ext.evaluate.train import TrainConfig
-    from miue_ext.evaluate.victims import default_lr, default_victim, default_warmup_epochs
+    from miue_ext.evaluate.victims import default_victim, victim_train_config
 
     device = resolve_device(args.device)
     data_spec = data_spec_for(spec, args.data)
     train, test = load_data(data_spec, args.root, test_spec=args.test_data, **load_kwargs(args))
     model_name = default_victim(device.type) if args.model == "auto" else args.model
     epochs = args.epochs if args.epochs is not None else default_epochs(VICTIM_EPOCHS, device.type)
-    # The same recipe as `miue evaluate` with its defaults, so that the two report the same victim.
-    config = TrainConfig(
-        epochs=epochs,
-        lr=default_lr(model_name),
-        seed=args.seed,
-        warmup_epochs=default_warmup_epochs(model_name, epochs),
-    )
+    config = victim_train_config(model_name, epochs, seed=args.seed)
     training_set = load_training_set(spec, train, args.eps / 255, args.seed)
     row = Row(training_set.name, data_spec, model_name, training_set, spec, lambda: None)
 
