@@ -199,9 +199,9 @@ def build_config(args: argparse.Namespace, device_type: str):
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
     # No --alpha: the paper's schedule (GenerationConfig), not auto, even in short runs. At 20
-    # epochs, 3 seeds each, the two tie on final accuracy on patches and digits under both
-    # victims, and the paper's keeps resnet10's peak on patches lower (58.7% vs 69.0%, ranges
-    # apart); auto's earlier lead came from plaincnn's old, failing recipe (docs/evaluation.md).
+    # epochs the two tie on final accuracy on patches (5 seeds) and digits (3 seeds) under both
+    # victims, and the paper's keeps resnet10's mean peak on patches lower (61.5% vs 67.6%);
+    # auto's earlier lead came from plaincnn's old, failing recipe (docs/evaluation.md).
     # EM keeps its own constant 0.8/255.
     alpha_start, alpha_end = _alpha(args.alpha, epochs, 8 / 255 if args.eps is None else args.eps / 255)
     config = GenerationConfig.for_method(
