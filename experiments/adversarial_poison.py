@@ -29,7 +29,7 @@ from miue_ext.augment import RandomShiftFlip
 from miue_ext.datasets import load_dataset
 from miue_ext.errors import InputError
 from miue_ext.evaluate.defenses import Defense
-from miue_ext.evaluate.train import TrainConfig, accuracy, to_model_input, train_victim
+from miue_ext.evaluate.train import TrainConfig, to_model_input, train_victim
 from miue_ext.evaluate.victims import build_victim, victim_train_config
 from miue_ext.generate.run_summary import versions
 from miue_ext.poison_file import quantize, save_poison
@@ -114,8 +114,7 @@ def main() -> None:
         log=log,
     )
     train_seconds = time.perf_counter() - tick
-    model = model.to(memory_format=torch.contiguous_format)
-    test_acc = accuracy(model, torch.from_numpy(test.images), torch.from_numpy(test.labels), 500)
+    test_acc = history[-1]["test_acc"]  # train_victim scored the final model on the clean test set
     kind = "untargeted" if args.untargeted else "class-targeted (y + 1)"
     log(
         f"crafting model: clean test accuracy {100 * test_acc:.2f}%; crafting {kind}, {args.steps} steps of {alpha:g}/255"
