@@ -27,7 +27,7 @@ def test_generate_then_export_end_to_end(tmp_path, capsys):
     meta = poison.meta
     assert (meta["method"], meta["objective"], meta["epochs"], meta["steps"], meta["seed"]) == ("miue", "mi", 2, 2, 1)
     assert meta["eps_pixels"] == 8 and meta["surrogate"] == "smallcnn" and meta["dataset"] == "patches-train"
-    assert meta["alpha_schedule"]["start"] == pytest.approx(0.2 / 255) and meta["versions"]["torch"]  # the paper's
+    assert meta["alpha_schedule"]["start"] == pytest.approx(2 / 255) and meta["versions"]["torch"]  # auto, 2 epochs
     assert meta["wall_time_s"] > 0 and meta["device"].startswith("cpu")
     assert poison.perturbation.dtype == np.int8 and 0 < np.abs(poison.perturbation).max() <= 8
     assert not (tmp_path / "p.npz.ckpt").exists()  # the default checkpoint folder is cleaned up
@@ -182,8 +182,8 @@ def _parsed_config(argv, device_type="cpu"):
 def test_generate_defaults_and_pixel_units():
     cpu, gpu = _parsed_config([]), _parsed_config([], "cuda")
     assert (cpu.epochs, gpu.epochs) == (20, 100) and cpu.objective == "mi" and cpu.eps == 8 / 255
-    # the paper's schedule by default, whatever the run's length (auto only when asked for)
-    assert cpu.alpha_at(1) == pytest.approx(0.2 / 255) and cpu.alpha_at(20) == pytest.approx(0.4 / 255)
+    # --alpha auto by default: the paper's schedule at 100 epochs, a 5x first step at 20
+    assert cpu.alpha_at(1) == pytest.approx(1.0 / 255) and cpu.alpha_at(20) == pytest.approx(0.4 / 255)
     assert gpu.alpha_at(1) == pytest.approx(0.2 / 255) and gpu.alpha_at(100) == pytest.approx(0.4 / 255)
     custom = _parsed_config(["--eps", "16", "--alpha", "0.5", "--steps", "4", "--epochs", "3", "--zeta", "0.1"])
     assert custom.eps == 16 / 255 and custom.alpha_at(1) == custom.alpha_at(3) == pytest.approx(0.5 / 255)
