@@ -287,3 +287,16 @@ def test_lost_rank_ends_the_job_with_a_clear_error(tmp_path, fault):
     else:  # rank 1 sleeps in its perturbation stage; the test had to kill it
         assert results[1][0] is None
     assert seconds < 90 and not (tmp_path / "poison.npz").exists()  # no hang: rank 0 ended on its own
+
+
+@pytest.mark.slow
+def test_fresh_surrogate_of_a_new_cycle_is_the_same_on_every_rank(tmp_path):
+    args = [*TINY[:3], "4", *TINY[4:], "--surrogate-cycles", "2", "--out", "poison.npz", "--checkpoint-dir", "ckpt"]
+    done = torchrun(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epoch 3/4" in done.stdout and "| lr 0.1 |" in done.stdout.split("epoch 3/4")[1].splitlines()[0]
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    models = [torch.load(tmp_path / "ckpt" / name, weights_only=True)["model"] for name in manifest["files"]]
+    assert models[0].keys() == models[1].keys()
+    for name in models[0]:
+        assert torch.equal(models[0][name], models[1][name]), name

@@ -93,6 +93,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
     method.add_argument(
+        "--surrogate-cycles",
+        type=int,
+        metavar="C",
+        help="split the epochs into C equal cycles, each after the first with a freshly initialised "
+        "surrogate and the lr back at --lr (default 1: one surrogate for the whole run, as in the paper)",
+    )
+    method.add_argument(
         "--stop-accuracy",
         type=float,
         metavar="PERCENT",
@@ -224,6 +231,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         perturb_flip=args.perturb_flip,
         train_clamp=args.train_clamp,
         random_start=args.random_start,
+        surrogate_cycles=args.surrogate_cycles,
         stop_accuracy=stop,
         seed=args.seed,
         deterministic=args.deterministic,

@@ -64,6 +64,11 @@ class GenerationConfig:
     train_clamp: bool = True
     perturb_augment: bool = False  # each perturbation step sees a random 4-pixel shift + flip of x + delta
     random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
+    # Split the E epochs into this many equal cycles; each later cycle starts from a freshly
+    # initialised surrogate with the lr back at its start (cosine per cycle). Every victim learns
+    # from scratch, so the noise is also shaped against young networks, not only one that has
+    # long learned the images. Not in the paper (1 = the paper's single run).
+    surrogate_cycles: int = 1
     stop_accuracy: float | None = None  # EM's stop rule: stop once poisoned-train accuracy exceeds it
     seed: int = 0
     deterministic: bool = False
@@ -95,6 +100,14 @@ class GenerationConfig:
     def final_alpha(self) -> float:
         return self.alpha_end if self.alpha_end is not None else 4 / (255 * self.steps)
 
+    @property
+    def cycle_epochs(self) -> int:
+        return self.epochs // self.surrogate_cycles
+
+    def starts_cycle(self, epoch: int) -> bool:
+        """Whether 1-based `epoch` begins a surrogate cycle after the first (a fresh surrogate)."""
+        return epoch > 1 and (epoch - 1) % self.cycle_epochs == 0
+
     def alpha_at(self, epoch: int) -> float:
         """Step size for 1-based `epoch`: linear from alpha_start (epoch 1) to the final alpha (epoch E)."""
         if self.epochs == 1:
@@ -115,7 +128,7 @@ class GenerationConfig:
             f"eps {self.eps * 255:g}/255 rounds to a budget of 0 pixel levels (poisons are "
             "stored in whole levels): use eps >= 0.5",
         )
-        for name in ("epochs", "steps", "batch_size", "poison_batch_size", "checkpoint_every"):
+        for name in ("epochs", "steps", "batch_size", "poison_batch_size", "checkpoint_every", "surrogate_cycles"):
             need(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("alpha_start", "final_alpha"):
             value = getattr(self, name)
@@ -128,6 +141,10 @@ class GenerationConfig:
         need(
             math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_min) and self.lr_min >= 0,
             f"learning rates must be finite and positive, got lr {self.lr}",
+        )
+        need(
+            self.epochs % self.surrogate_cycles == 0,
+            f"surrogate-cycles ({self.surrogate_cycles}) must divide epochs ({self.epochs}) into equal cycles",
         )
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**32, f"seed must be in [0, 2^32), got {self.seed}")
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
@@ -148,4 +165,4 @@ class GenerationConfig:
     # lives, not the algorithm (a float16 stream rounds delta, so switching it is not bit-exact).
     RESUMABLE_CHANGES = ("compile", "checkpoint_every", "storage", "stream_dtype", "chunk_rows")
     # Settings added after checkpoints already existed, with the behaviour those checkpoints had.
-    ADDED_LATER = {"perturb_augment": False, "perturb_flip": False, "train_clamp": True}
+    ADDED_LATER = {"perturb_augment": False, "perturb_flip": False, "train_clamp": True, "surrogate_cycles": 1}

@@ -137,8 +137,13 @@ class _Run:
         self.optimizer = torch.optim.SGD(
             self.surrogate.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=config.epochs, eta_min=config.lr_min
+        # One cycle is the paper's cosine decay over all E epochs; several restart it each cycle.
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                self.optimizer, T_0=config.cycle_epochs, eta_min=config.lr_min
+            )
+            if config.surrogate_cycles > 1
+            else torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs, eta_min=config.lr_min)
         )
         self.objective = make_objective(config.objective, config.temperature, config.zeta)
         self.amp = lambda: steps.autocast_context(device, config.amp)
@@ -405,6 +410,8 @@ class _Run:
     def _epoch(self, epoch: int) -> dict:
         cfg, dist = self.config, self.dist
         classwise = cfg.mode == "classwise"
+        if cfg.starts_cycle(epoch):
+            self._fresh_surrogate(epoch)
         alpha, lr = cfg.alpha_at(epoch), self.optimizer.param_groups[0]["lr"]
         tick = time.perf_counter()
         plan = plan_epoch(cfg, epoch, self.n, self.device, dist, self.owned)
@@ -500,6 +507,16 @@ class _Run:
             poison_loss=poison_loss, throughput=self.n * cfg.steps / perturb_seconds, seconds=time.perf_counter() - tick
         )
         return record
+
+    def _fresh_surrogate(self, epoch: int) -> None:
+        """New weights and batch-norm statistics, drawn from (seed, epoch) so that every rank and
+        a resumed run draw the same ones, and no momentum carried over from the old weights."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed * 1_000_003 + epoch)
+            for module in self.surrogate.modules():
+                if module is not self.surrogate and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.optimizer.state.clear()
 
     def _poisoned_accuracy(self, classwise: bool) -> float:
         """EM's stop rule: the surrogate's accuracy on the poisoned training set, the same on every rank."""
