@@ -44,7 +44,19 @@ def test_evaluate_writes_a_complete_report(tiny, capsys):
     assert report["data"]["train_size"] == 64 and report["data"]["test_size"] == 32
     model = build_victim("smallcnn", 4)
     model.load_state_dict(torch.load(out / "victim.pt", weights_only=True))
-    assert "final clean test accuracy" in capsys.readouterr().out
+    # Per class: recomputed here from the saved victim's own predictions on the test set.
+    with np.load(folder / "test.npz") as test:
+        x = torch.from_numpy(test["images"]).permute(0, 3, 1, 2).float() / 255
+        predicted, truth = model.eval()(x).argmax(1).numpy(), test["labels"]
+    expected = np.zeros((4, 4), int)
+    np.add.at(expected, (truth, predicted), 1)
+    assert report["final_confusion"] == expected.tolist()
+    assert report["class_names"] == ["0", "1", "2", "3"]
+    for c in range(4):
+        assert report["final_per_class_test_acc"][c] == pytest.approx(np.mean(predicted[truth == c] == c))
+    assert np.trace(expected) / len(truth) == pytest.approx(report["final_test_acc"])
+    printed = capsys.readouterr().out
+    assert "final clean test accuracy per class: 0 " in printed
     assert not [p for p in folder.iterdir() if p.name.startswith(".eval")]  # no staging folder left
 
 
@@ -268,3 +280,15 @@ def test_vgg11_refuses_images_it_would_pool_to_nothing():
         build_victim("vgg11", 10, 3, (16, 24))
     assert build_victim("vgg11", 10, 3, (32, 32))(torch.zeros(1, 3, 32, 32)).shape[-1] == 10
     assert build_victim("resnet10", 10, 3, (16, 24))(torch.zeros(1, 3, 16, 24)).shape[-1] == 10
+
+
+def test_per_class_line_shows_every_class_or_the_extremes():
+    from miue_ext.evaluate.evaluation_report import per_class_line
+
+    assert (
+        per_class_line(["cat", "dog", "owl"], [0.5, None, 1.0])
+        == "final clean test accuracy per class: cat 50%, owl 100%"
+    )
+    names, accs = [f"c{i}" for i in range(100)], [i / 100 for i in range(100)]
+    line = per_class_line(names, accs)
+    assert "(100 classes), lowest: c0 0%, c1 1%" in line and "c9 9%; highest: c90 90%" in line and "c50" not in line

@@ -13,7 +13,7 @@ from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError
 from miue_ext.evaluate import evaluation_report as reports
 from miue_ext.evaluate.defenses import parse_defense
-from miue_ext.evaluate.train import TrainConfig, train_victim
+from miue_ext.evaluate.train import TrainConfig, confusion_matrix, predictions, train_victim
 from miue_ext.evaluate.training_sets import TrainingSet, load_training_set
 from miue_ext.evaluate.victims import build_victim
 from miue_ext.runtime import versions
@@ -78,7 +78,15 @@ def evaluate_poison(
         log=log,
     )
     wall = time.perf_counter() - started
-    model.eval()
+    # A poison can leave whole classes learnable while the mean looks fine: say which.
+    test_labels = torch.from_numpy(test.labels)
+    confusion = confusion_matrix(
+        predictions(model, torch.from_numpy(test.images).to(device), config.test_batch_size),
+        test_labels,
+        train.num_classes,
+    )
+    per_class = [row[c] / sum(row) if sum(row) else None for c, row in enumerate(confusion)]
+    log(reports.per_class_line(train.class_names, per_class))
     report = {
         "format": reports.REPORT_FORMAT,
         "version": 1,
@@ -105,6 +113,9 @@ def evaluate_poison(
         },
         "history": history,
         **reports.summarise(history),
+        "class_names": list(train.class_names),
+        "final_per_class_test_acc": per_class,  # None for a class with no test image
+        "final_confusion": confusion,  # [true class][predicted class], clean test set, last epoch
         "wall_time_s": wall,
         "device": str(device),
         "versions": versions(),

@@ -42,6 +42,24 @@ def summarise(history: list[dict]) -> dict:
     }
 
 
+def per_class_line(names: list[str], accuracies: list[float | None], shown: int = 20) -> str:
+    """One log line of per-class accuracy; with more than `shown` classes, the lowest and the
+    highest `shown` / 2 (the classes a poison protects least are the news)."""
+    cells = [(name, acc) for name, acc in zip(names, accuracies, strict=True) if acc is not None]
+    if len(cells) <= shown:
+        return f"final clean test accuracy per class: {_cells(cells)}"
+    ranked = sorted(cells, key=lambda cell: cell[1])
+    half = shown // 2
+    return (
+        f"final clean test accuracy per class ({len(cells)} classes), lowest: {_cells(ranked[:half])}; "
+        f"highest: {_cells(ranked[-half:])}"
+    )
+
+
+def _cells(items) -> str:
+    return ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in items)
+
+
 def report_label(report: dict) -> str:
     """Short legend text: method, budget and defense, e.g. "miue 8/255" or "em 8/255 + cutout"."""
     name = report["poison"]["name"]

@@ -54,14 +54,26 @@ def to_model_input(batch_nhwc_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predictions(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Top-1 class [N] of `model` in eval mode on uint8 NHWC images."""
+    model.eval()
+    return torch.cat(
+        [
+            model(to_model_input(images[start : start + batch_size])).argmax(1)
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
     """Top-1 accuracy (fraction) of `model` in eval mode on uint8 NHWC images."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(to_model_input(images[start : start + batch_size]))
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
-    return correct / len(labels)
+    return int((predictions(model, images, batch_size) == labels).sum()) / len(labels)
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """counts[true][predicted]."""
+    pairs = labels.long().cpu() * num_classes + predicted.long().cpu()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
 
 
 def train_victim(
