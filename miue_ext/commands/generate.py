@@ -208,8 +208,8 @@ def build_config(args: argparse.Namespace, device_type: str):
     # MI-UE's step schedule defaults to auto: the paper's at 100 epochs, a larger first step in
     # shorter runs. At 20 epochs and 8/255 it ties the paper's schedule on final accuracy
     # (patches 5 seeds, digits 3, both victims; its old plaincnn lead was an artefact), but on
-    # digits at 16/255 the paper's small steps leave resnet10 at 28.9% against auto's 10.8%
-    # (docs/evaluation.md, tenth session). EM keeps its own constant 0.8/255.
+    # digits at 16/255 and 20 epochs the paper's small steps leave resnet10 at 28.9% against
+    # auto's 14.4% (3 seeds each; docs/evaluation.md). EM keeps its own constant 0.8/255.
     alpha = args.alpha if args.alpha is not None or args.method != "miue" else "auto"
     alpha_start, alpha_end = _alpha(alpha, epochs, 8 / 255 if args.eps is None else args.eps / 255)
     config = GenerationConfig.for_method(
