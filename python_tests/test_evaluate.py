@@ -292,3 +292,18 @@ def test_per_class_line_shows_every_class_or_the_extremes():
     names, accs = [f"c{i}" for i in range(100)], [i / 100 for i in range(100)]
     line = per_class_line(names, accs)
     assert "(100 classes), lowest: c0 0%, c1 1%" in line and "c9 9%; highest: c90 90%" in line and "c50" not in line
+
+
+@pytest.mark.parametrize("defense", ["none", "grayscale"])
+def test_per_class_accuracy_is_of_the_test_images_the_victim_was_scored_on(defense):
+    from miue_ext.evaluate.evaluation import evaluate_poison
+
+    train = ImageDataset(*colour_classes(64, size=16, classes=4, seed=1), name="train")
+    test = ImageDataset(*colour_classes(48, size=16, classes=4, seed=2), name="test")
+    report = evaluate_poison(
+        "clean", train, test, "npz", "smallcnn", TrainConfig(epochs=2, batch_size=16), defense, log=lambda line: None
+    ).report
+    confusion = np.array(report["final_confusion"])
+    assert confusion.sum() == 48 and (confusion.sum(1) == np.bincount(test.labels, minlength=4)).all()
+    assert np.trace(confusion) / 48 == pytest.approx(report["final_test_acc"])  # grayscale: filtered test images
+    assert report["final_per_class_test_acc"] == pytest.approx(list(np.diag(confusion) / confusion.sum(1)))

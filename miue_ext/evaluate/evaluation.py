@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,8 +81,9 @@ def evaluate_poison(
     wall = time.perf_counter() - started
     # A poison can leave whole classes learnable while the mean looks fine: say which.
     test_labels = torch.from_numpy(test.labels)
+    test_images = torch.from_numpy(np.ascontiguousarray(defense.test_view(test.images))).to(device)
     confusion = confusion_matrix(
-        predictions(model, torch.from_numpy(test.images).to(device), config.test_batch_size),
+        predictions(model, test_images, config.test_batch_size),
         test_labels,
         train.num_classes,
     )

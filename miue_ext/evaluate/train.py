@@ -91,8 +91,7 @@ def train_victim(
     """Train `model` in place; returns one record per epoch (train loss/accuracy, clean test accuracy)."""
     if defense.train_filter is not None:
         train_images = defense.train_filter(train_images)
-    if defense.test_filter is not None:
-        test_images = defense.test_filter(test_images)
+    test_images = defense.test_view(test_images)
     model.to(memory_format=torch.channels_last)
     x_train = torch.from_numpy(np.ascontiguousarray(train_images)).to(device)
     y_train = torch.from_numpy(train_labels).to(device)

@@ -38,6 +38,10 @@ class Defense:
     adversarial_eps: float = 0.0  # > 0: adversarial training, fraction of the pixel range
     params: dict = field(default_factory=dict)
 
+    def test_view(self, images: np.ndarray) -> np.ndarray:
+        """The test images as the victim is tested on them (grayscale filters them too)."""
+        return images if self.test_filter is None else self.test_filter(images)
+
 
 def _number(name: str, text: str, kind, low, high, default):
     if text == "":
