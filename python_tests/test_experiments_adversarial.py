@@ -2,21 +2,10 @@
 its noise must stay in the budget and in [0, 1], and must actually move a frozen model's
 predictions to the target class (a control that does nothing would read as "no poison works")."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import torch
+from experiment_scripts import load_experiment
 from torch import nn
-
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "adversarial_poison.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("adversarial_poison", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _colour_model(num_classes: int) -> nn.Module:
@@ -36,7 +25,7 @@ def _predict(model, images_float_nhwc: np.ndarray) -> np.ndarray:
 
 
 def test_targeted_noise_moves_predictions_to_the_next_class_within_the_budget():
-    craft = _load_script().craft
+    craft = load_experiment("adversarial_poison").craft
     rng = np.random.default_rng(0)
     num_classes, side, eps = 4, 32, 8 / 255  # 32: the crop moves a small part of the image, as in use
     images = rng.integers(0, 256, size=(64, side, side, 3), dtype=np.uint8)
@@ -56,7 +45,7 @@ def test_targeted_noise_moves_predictions_to_the_next_class_within_the_budget():
 
 
 def test_untargeted_noise_moves_predictions_away_from_the_label():
-    craft = _load_script().craft
+    craft = load_experiment("adversarial_poison").craft
     rng = np.random.default_rng(1)
     num_classes, side, eps = 3, 32, 8 / 255
     images = rng.integers(0, 256, size=(48, side, side, 3), dtype=np.uint8)

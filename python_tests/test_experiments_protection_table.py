@@ -1,20 +1,11 @@
 """experiments/protection_table.py: mean (range) over generation seeds per variant and victim,
 overall and per class, from report folders named NAME_sSEED_VICTIM."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "protection_table.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("protection_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from experiment_scripts import load_experiment
 
 
 def _report(folder: pathlib.Path, final: float, peak: float, per_class=None, names=("a", "b")):
@@ -36,7 +27,7 @@ def sweep(tmp_path):
 
 
 def test_overall_rows(sweep, capsys):
-    assert _load_script().main([str(sweep)]) == 0
+    assert load_experiment("protection_table").main([str(sweep)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| em | plaincnn_e100 | 1 | 25.0 | 35.0 | s0: 25.0/35.0 |"
     assert lines[3] == "| mi | resnet10 | 2 | 40.0 (30.0-50.0) | 50.0 (40.0-60.0) | s0: 30.0/40.0, s1: 50.0/60.0 |"
@@ -44,7 +35,7 @@ def test_overall_rows(sweep, capsys):
 
 
 def test_per_class_rows(sweep, capsys):
-    assert _load_script().main([str(sweep), "--per-class"]) == 0
+    assert load_experiment("protection_table").main([str(sweep), "--per-class"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         "| variant | victim | seeds | final | a | b |",
@@ -59,9 +50,9 @@ def test_per_class_refuses_reports_of_other_classes(tmp_path):
     _report(tmp_path / "x_s0_resnet10", 0.5, 0.5, [0.5, 0.5])
     _report(tmp_path / "x_s1_resnet10", 0.5, 0.5, [0.5, 0.5], names=("a", "c"))
     with pytest.raises(SystemExit, match="other classes"):
-        _load_script().main([str(tmp_path), "--per-class"])
+        load_experiment("protection_table").main([str(tmp_path), "--per-class"])
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no NAME_sSEED_VICTIM/report.json"):
-        _load_script().main([str(tmp_path)])
+        load_experiment("protection_table").main([str(tmp_path)])
