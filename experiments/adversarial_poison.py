@@ -109,7 +109,7 @@ def main() -> None:
         Defense("none"),
         torch.device("cpu"),
         log=log,
-    )
+    ).history
     train_seconds = time.perf_counter() - tick
     test_acc = history[-1]["test_acc"]  # train_victim scored the final model on the clean test set
     kind = "untargeted" if args.untargeted else "class-targeted (y + 1)"

@@ -75,7 +75,7 @@ def test_victim_learns_an_easy_task():
         parse_defense("none"),
         torch.device("cpu"),
         log=lambda line: None,
-    )
+    ).history
     assert history[-1]["test_acc"] >= 0.9 and history[-1]["train_acc"] > 0.8
 
 
@@ -95,7 +95,7 @@ def test_training_is_reproducible_for_a_seed():
             parse_defense("mixup"),
             torch.device("cpu"),
             log=lambda line: None,
-        )
+        ).history
         runs.append(history[0]["train_loss"])
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
 
@@ -190,7 +190,7 @@ def test_every_defense_trains(defense):
         parse_defense(defense),
         torch.device("cpu"),
         log=lambda line: None,
-    )
+    ).history
     assert np.isfinite(history[0]["train_loss"]) and 0 <= history[0]["test_acc"] <= 1
 
 

@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +13,7 @@ from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError
 from miue_ext.evaluate import evaluation_report as reports
 from miue_ext.evaluate.defenses import parse_defense
-from miue_ext.evaluate.train import TrainConfig, confusion_matrix, predictions, train_victim
+from miue_ext.evaluate.train import TrainConfig, confusion_matrix, train_victim
 from miue_ext.evaluate.training_sets import TrainingSet, load_training_set
 from miue_ext.evaluate.victims import build_victim
 from miue_ext.runtime import versions
@@ -66,7 +65,7 @@ def evaluate_poison(
         f"clean test set {len(test)} images, device {device}"
     )
     started = time.perf_counter()
-    history = train_victim(
+    run = train_victim(
         model,
         training_set.images,
         training_set.labels,
@@ -78,15 +77,10 @@ def evaluate_poison(
         progress=progress,
         log=log,
     )
+    history = run.history
     wall = time.perf_counter() - started
     # A poison can leave whole classes learnable while the mean looks fine: say which.
-    test_labels = torch.from_numpy(test.labels)
-    test_images = torch.from_numpy(np.ascontiguousarray(defense.test_view(test.images))).to(device)
-    confusion = confusion_matrix(
-        predictions(model, test_images, config.test_batch_size),
-        test_labels,
-        train.num_classes,
-    )
+    confusion = confusion_matrix(run.test_predictions, torch.from_numpy(test.labels), train.num_classes)
     per_class = [row[c] / sum(row) if sum(row) else None for c, row in enumerate(confusion)]
     log(reports.per_class_line(train.class_names, per_class))
     report = {

@@ -21,7 +21,7 @@ from torch import nn
 from miue_ext.augment import random_crop_flip
 from miue_ext.evaluate.defenses import Defense
 from miue_ext.evaluate.defenses.adversarial import pgd_attack
-from miue_ext.errors import NonFiniteLossError
+from miue_ext.errors import InputError, NonFiniteLossError
 
 AT_STEPS = 10
 
@@ -76,6 +76,14 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
 
 
+@dataclass
+class VictimTraining:
+    history: list[dict]  # one record per epoch: train loss/accuracy, clean test accuracy
+    test_predictions: (
+        torch.Tensor
+    )  # [N_test] top-1 classes of the final model: per-class accuracy without a second pass
+
+
 def train_victim(
     model: nn.Module,
     train_images: np.ndarray,
@@ -87,8 +95,10 @@ def train_victim(
     device: torch.device,
     progress: bool = False,
     log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Train `model` in place; returns one record per epoch (train loss/accuracy, clean test accuracy)."""
+) -> VictimTraining:
+    """Train `model` in place, testing it on the (defense-filtered) clean test set every epoch."""
+    if config.epochs < 1:
+        raise InputError(f"epochs must be >= 1, got {config.epochs}")
     if defense.train_filter is not None:
         train_images = defense.train_filter(train_images)
     test_images = defense.test_view(test_images)
@@ -119,7 +129,8 @@ def train_victim(
         for group in optimizer.param_groups:
             group["lr"] = lr
         scheduler.step()
-        test_acc = accuracy(model, x_test, y_test, config.test_batch_size)
+        predicted = predictions(model, x_test, config.test_batch_size)
+        test_acc = int((predicted == y_test).sum()) / len(y_test)
         record = {
             "epoch": epoch,
             "lr": lr,
@@ -140,7 +151,7 @@ def train_victim(
             log(message)
     if outer is not None:
         outer.close()
-    return history
+    return VictimTraining(history, predicted.cpu())
 
 
 def _train_epoch(
