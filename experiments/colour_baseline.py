@@ -1,0 +1,70 @@
+"""How much of each class do a patch's colour statistics alone give away? A logistic regression on
+six numbers per image (the mean and standard deviation of each colour channel), trained on the
+clean training images and, for each poison given, on its poisoned training images, then scored
+per class on the clean test images.
+
+A class this tiny model already recognises is one whose signal is global colour, which an
+L-inf perturbation of a few /255 cannot move much: a victim may learn it beside any shortcut
+the poison offers. A class it cannot recognise needs the texture the poison competes with.
+
+python experiments/colour_baseline.py [--data patches] [POISON.npz ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from miue_ext.evaluate.training_sets import load_data
+from miue_ext.poison_file import load_poison
+
+
+def colour_statistics(images: np.ndarray) -> np.ndarray:
+    """[N, H, W, C] uint8 -> [N, 2C] float64: per-channel mean then per-channel std, in /255."""
+    pixels = images.astype(np.float64).reshape(len(images), -1, images.shape[-1]) / 255.0
+    return np.concatenate([pixels.mean(axis=1), pixels.std(axis=1)], axis=1)
+
+
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Fraction of each class's images predicted right (NaN for a class with no image)."""
+    correct = np.bincount(labels[predicted == labels], minlength=num_classes)
+    total = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return correct / total
+
+
+def fit_and_score(train_images, train_labels, test_images, test_labels, num_classes):
+    """(overall accuracy, per-class accuracy) on the test images of a colour-statistics classifier."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(colour_statistics(train_images), train_labels)
+    predicted = model.predict(colour_statistics(test_images))
+    return float((predicted == test_labels).mean()), per_class_accuracy(predicted, test_labels, num_classes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("poisons", nargs="*", help="poison files of the same data set (miue generate)")
+    parser.add_argument("--data", default="patches", help="the clean data set (default patches)")
+    args = parser.parse_args()
+    train, test = load_data(args.data)
+    names = list(train.class_names or [str(c) for c in range(train.num_classes)])
+    train_labels, test_labels = np.asarray(train.labels), np.asarray(test.labels)
+    rows = [("clean", np.asarray(train.images))]
+    for path in args.poisons:
+        rows.append((path, np.asarray(load_poison(path, clean_images=np.asarray(train.images)).images)))
+    print("| training images | overall | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for label, images in rows:
+        overall, per_class = fit_and_score(
+            images, train_labels, np.asarray(test.images), test_labels, train.num_classes
+        )
+        cells = " | ".join(f"{100 * a:.0f}" for a in per_class)
+        print(f"| {label} | {100 * overall:.1f} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""experiments/colour_baseline.py: the per-class accuracy of a classifier that sees only each image's
+colour statistics. docs/evaluation.md explains which classes a poison cannot protect with it, so
+its statistics and its per-class bookkeeping must be right."""
+
+import numpy as np
+import pytest
+from experiment_scripts import load_experiment
+
+baseline = load_experiment("colour_baseline")
+
+
+def test_colour_statistics_are_the_channel_means_then_stds_in_fractions():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 7, 6, 3), dtype=np.uint8)
+    stats = baseline.colour_statistics(images)
+    as_float = images.astype(np.float64) / 255
+    for n in range(5):
+        for c in range(3):
+            assert stats[n, c] == pytest.approx(as_float[n, :, :, c].mean())
+            assert stats[n, 3 + c] == pytest.approx(as_float[n, :, :, c].std())
+
+
+def test_per_class_accuracy_counts_each_class_and_marks_an_absent_class():
+    labels = np.array([0, 0, 0, 1, 1, 3])
+    predicted = np.array([0, 1, 0, 1, 0, 3])
+    accuracy = baseline.per_class_accuracy(predicted, labels, 4)
+    assert accuracy[0] == pytest.approx(2 / 3)
+    assert accuracy[1] == pytest.approx(1 / 2)
+    assert np.isnan(accuracy[2])
+    assert accuracy[3] == 1.0
+
+
+def _colour_and_texture_classes(rng, count):
+    """Class 0: dark images; class 1: bright; classes 2 and 3: the same two grey levels in rows or in
+    columns (equal channel means and stds), which colour statistics cannot tell apart."""
+    per = count // 4
+    dark = rng.integers(0, 60, size=(per, 8, 8, 3))
+    bright = rng.integers(190, 256, size=(per, 8, 8, 3))
+    stripes = np.zeros((per, 8, 8, 3), dtype=np.int64) + 100
+    stripes[:, ::2] = 156
+    checks = np.zeros((per, 8, 8, 3), dtype=np.int64) + 100
+    checks[:, :, ::2] = 156
+    images = np.concatenate([dark, bright, stripes, checks]).astype(np.uint8)
+    labels = np.repeat(np.arange(4), per)
+    return images, labels
+
+
+def test_colour_classes_are_recognised_and_texture_classes_are_not():
+    rng = np.random.default_rng(1)
+    train_images, train_labels = _colour_and_texture_classes(rng, 200)
+    test_images, test_labels = _colour_and_texture_classes(rng, 80)
+    overall, per_class = baseline.fit_and_score(train_images, train_labels, test_images, test_labels, 4)
+    assert per_class[0] == 1.0 and per_class[1] == 1.0
+    # classes 2 and 3 share their colour statistics exactly: together at most one of them is right
+    assert per_class[2] + per_class[3] <= 1.0 + 1e-9
+    assert overall <= 0.75 + 1e-9
