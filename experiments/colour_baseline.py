@@ -7,7 +7,13 @@ A class this tiny model already recognises is one whose signal is global colour,
 L-inf perturbation of a few /255 cannot move much: a victim may learn it beside any shortcut
 the poison offers. A class it cannot recognise needs the texture the poison competes with.
 
-python experiments/colour_baseline.py [--data patches] [POISON.npz ...]
+A second table asks how far each class's colour is from every other class: for each clean
+training image, the L-inf distance (in levels of 255) from its mean colour to the nearest mean
+colour of an image of another class; its median per class, and the share of images within
+--eps of another class (a perturbation of that budget can move an image's mean colour that far
+and no farther).
+
+python experiments/colour_baseline.py [--data patches] [--eps 8] [POISON.npz ...]
 """
 
 from __future__ import annotations
@@ -37,6 +43,17 @@ def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: i
         return correct / total
 
 
+def nearest_other_class_distance(mean_colours: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[N] L-inf distance from each row of `mean_colours` to the nearest row of another class."""
+    nearest = np.full(len(labels), np.inf)
+    for label in np.unique(labels):
+        own, other = labels == label, labels != label
+        if other.any():
+            gaps = np.abs(mean_colours[own][:, None, :] - mean_colours[other][None, :, :]).max(axis=2)
+            nearest[own] = gaps.min(axis=1)
+    return nearest
+
+
 def fit_and_score(train_images, train_labels, test_images, test_labels, num_classes):
     """(overall accuracy, per-class accuracy) on the test images of a colour-statistics classifier."""
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -49,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("poisons", nargs="*", help="poison files of the same data set (miue generate)")
     parser.add_argument("--data", default="patches", help="the clean data set (default patches)")
+    parser.add_argument("--eps", type=float, default=8, help="budget in levels of 255 for the distance table")
     args = parser.parse_args()
     train, test = load_data(args.data)
     names = list(train.class_names or [str(c) for c in range(train.num_classes)])
@@ -64,6 +82,13 @@ def main() -> None:
         )
         cells = " | ".join(f"{100 * a:.0f}" for a in per_class)
         print(f"| {label} | {100 * overall:.1f} | {cells} |")
+    levels = 255 * colour_statistics(np.asarray(train.images))[:, : train.images.shape[3]]
+    distance = nearest_other_class_distance(levels, train_labels)
+    print(f"\n| class | median distance to another class's mean colour (levels) | within {args.eps:g} levels |")
+    print("|---|---|---|")
+    for label, name in enumerate(names):
+        mine = distance[train_labels == label]
+        print(f"| {name} | {np.median(mine):.1f} | {100 * (mine <= args.eps).mean():.0f}% |")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,16 @@ def test_colour_classes_are_recognised_and_texture_classes_are_not():
     # classes 2 and 3 share their colour statistics exactly: together at most one of them is right
     assert per_class[2] + per_class[3] <= 1.0 + 1e-9
     assert overall <= 0.75 + 1e-9
+
+
+def test_nearest_other_class_distance_is_the_linf_gap_to_the_closest_other_class():
+    colours = np.array([[0.0, 0, 0], [1, 0, 0], [10, 10, 10], [4, 0, 3], [50, 50, 50]])
+    labels = np.array([0, 0, 1, 1, 2])
+    distance = baseline.nearest_other_class_distance(colours, labels)
+    # row 0 -> row 3 (max(4, 0, 3)); row 1 -> row 3 (3); row 2 -> row 1 (10); row 3 -> row 1 (3); row 4 -> row 2 (40)
+    np.testing.assert_array_equal(distance, [4, 3, 10, 3, 40])
+
+
+def test_nearest_other_class_distance_of_a_lone_class_is_infinite():
+    distance = baseline.nearest_other_class_distance(np.zeros((3, 3)), np.zeros(3, dtype=np.int64))
+    assert np.isinf(distance).all()
