@@ -101,3 +101,46 @@ def test_cli_names_the_option(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "surrogate-cycles (3) must divide epochs (4)" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "epochs, cycles",
+    [(20, 4), (10, 2), (15, 3), (30, 3), (25, 1), (9, 1), (8, 1), (4, 1), (2, 1), (1, 1), (40, 4), (96, 4)]
+    + [(100, 1), (200, 1), (120, 1)],
+)
+def test_auto_cycles_are_at_most_four_equal_cycles_of_five_epochs_or_more(epochs, cycles):
+    """...in runs shorter than the paper's 100 epochs; from 100 on, the paper's single surrogate."""
+    from miue_ext.generate.config import auto_surrogate_cycles
+
+    assert auto_surrogate_cycles(epochs) == cycles
+    config(epochs=epochs, surrogate_cycles=cycles).validate()  # always a valid split
+
+
+def _parsed(argv):
+    from miue_ext.cli import build_parser
+    from miue_ext.commands.generate import build_config
+
+    return build_config(build_parser().parse_args(["generate", *argv]), "cpu")
+
+
+def test_cli_default_is_auto_for_miue_and_one_for_em():
+    assert _parsed([]).surrogate_cycles == 4  # the CPU's 20 epochs
+    assert _parsed(["--epochs", "10"]).surrogate_cycles == 2
+    assert _parsed(["--epochs", "6"]).surrogate_cycles == 1
+    assert _parsed(["--epochs", "100"]).surrogate_cycles == 1  # the GPU's default: the paper's loop
+    assert _parsed(["--surrogate-cycles", "auto", "--epochs", "30"]).surrogate_cycles == 3
+    assert _parsed(["--surrogate-cycles", "1"]).surrogate_cycles == 1
+    assert _parsed(["--surrogate-cycles", "2", "--epochs", "4"]).surrogate_cycles == 2
+    assert _parsed(["--method", "em"]).surrogate_cycles == 1  # the baseline keeps its published loop
+    assert _parsed(["--method", "em", "--surrogate-cycles", "auto"]).surrogate_cycles == 4
+
+
+@pytest.mark.parametrize("text", ["two", "2.5", ""])
+def test_cli_refuses_cycles_that_are_not_a_number_or_auto(text, tmp_path, capsys):
+    from miue_ext.cli import main
+
+    out = tmp_path / "p.npz"
+    assert main(["generate", "--surrogate-cycles", text, "--max-samples", "16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--surrogate-cycles must be a whole number >= 1 or auto" in err and repr(text) in err
+    assert not out.exists()
