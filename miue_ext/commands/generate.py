@@ -231,8 +231,8 @@ def build_config(args: argparse.Namespace, device_type: str):
     alpha_start, alpha_end = _alpha(alpha, epochs, 8 / 255 if args.eps is None else args.eps / 255)
     # A fresh surrogate every few epochs (auto: 4 cycles at the CPU's 20 epochs, 1 at the paper's
     # 100). Against one surrogate, 20 epochs: patches 5 seeds, final within 3 points under both
-    # victims and resnet10's peak 9 points lower; digits 8/255 10 points lower under both victims,
-    # 16 and 32/255 within 3 points (3 seeds each; docs/evaluation.md). EM keeps one surrogate.
+    # victims and resnet10's peak 9 points lower; digits 8/255 6 points lower (6 poisons from two
+    # machines), 16 and 32/255 within 3 points (3 seeds each; docs/evaluation.md). EM: one surrogate.
     cycles = _surrogate_cycles(args.surrogate_cycles, args.method, epochs)
     config = GenerationConfig.for_method(
         args.method,
