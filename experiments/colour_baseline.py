@@ -21,10 +21,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from miue_ext.evaluate.train import confusion_matrix
+from miue_ext.evaluate.train import per_class_accuracy as accuracy_by_class
 from miue_ext.evaluate.training_sets import load_data
 from miue_ext.poison_file import load_poison
 
@@ -36,11 +39,10 @@ def colour_statistics(images: np.ndarray) -> np.ndarray:
 
 
 def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Fraction of each class's images predicted right (NaN for a class with no image)."""
-    correct = np.bincount(labels[predicted == labels], minlength=num_classes)
-    total = np.bincount(labels, minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return correct / total
+    """Fraction of each class's images predicted right (NaN for a class with no image), as
+    `miue evaluate` computes it."""
+    confusion = confusion_matrix(torch.from_numpy(predicted), torch.from_numpy(labels), num_classes)
+    return np.array([np.nan if a is None else a for a in accuracy_by_class(confusion)], dtype=np.float64)
 
 
 def nearest_other_class_distance(mean_colours: np.ndarray, labels: np.ndarray) -> np.ndarray:

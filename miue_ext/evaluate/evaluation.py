@@ -13,7 +13,7 @@ from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError
 from miue_ext.evaluate import evaluation_report as reports
 from miue_ext.evaluate.defenses import parse_defense
-from miue_ext.evaluate.train import TrainConfig, confusion_matrix, train_victim
+from miue_ext.evaluate.train import TrainConfig, confusion_matrix, per_class_accuracy, train_victim
 from miue_ext.evaluate.training_sets import TrainingSet, load_training_set
 from miue_ext.evaluate.victims import build_victim
 from miue_ext.runtime import versions
@@ -81,7 +81,7 @@ def evaluate_poison(
     wall = time.perf_counter() - started
     # A poison can leave whole classes learnable while the mean looks fine: say which.
     confusion = confusion_matrix(run.test_predictions, torch.from_numpy(test.labels), train.num_classes)
-    per_class = [row[c] / sum(row) if sum(row) else None for c, row in enumerate(confusion)]
+    per_class = per_class_accuracy(confusion)
     log(reports.per_class_line(train.class_names, per_class))
     report = {
         "format": reports.REPORT_FORMAT,

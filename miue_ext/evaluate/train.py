@@ -76,6 +76,11 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes).tolist()
 
 
+def per_class_accuracy(confusion: list[list[int]]) -> list[float | None]:
+    """Fraction of each true class predicted right; None for a class with no image."""
+    return [row[c] / sum(row) if sum(row) else None for c, row in enumerate(confusion)]
+
+
 @dataclass
 class VictimTraining:
     history: list[dict]  # one record per epoch: train loss/accuracy, clean test accuracy
