@@ -144,3 +144,13 @@ def test_cli_refuses_cycles_that_are_not_a_number_or_auto(text, tmp_path, capsys
     err = capsys.readouterr().err
     assert "--surrogate-cycles must be a whole number >= 1 or auto" in err and repr(text) in err
     assert not out.exists()
+
+
+def test_the_run_announces_its_surrogate_cycles(tmp_path, capsys):
+    from miue_ext.cli import main
+
+    args = ["generate", "--max-samples", "16", "--steps", "1", "--no-progress", "--out"]
+    assert main([*args, str(tmp_path / "a.npz"), "--epochs", "4", "--surrogate-cycles", "2"]) == 0
+    assert "4 epochs x 1 steps (2 surrogates of 2 epochs each)" in capsys.readouterr().out
+    assert main([*args, str(tmp_path / "b.npz"), "--epochs", "2"]) == 0
+    assert "surrogates" not in capsys.readouterr().out  # one surrogate: nothing to say

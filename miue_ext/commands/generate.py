@@ -325,10 +325,12 @@ def _log_removed(log, folder: Path, removed: list[Path]) -> None:
 
 
 def _announce(log, args, config, dataset, device, processes: str = "") -> None:
+    cycles = config.surrogate_cycles
+    surrogates = f" ({cycles} surrogates of {config.cycle_epochs} epochs each)" if cycles > 1 else ""
     log(
         f"generating {args.method} ({config.objective}, {config.mode}) for {dataset.name}: {len(dataset)} images, "
-        f"{dataset.num_classes} classes, eps {config.eps * 255:g}/255, {config.epochs} epochs x {config.steps} steps, "
-        f"device {device}{processes}"
+        f"{dataset.num_classes} classes, eps {config.eps * 255:g}/255, {config.epochs} epochs x {config.steps} steps"
+        f"{surrogates}, device {device}{processes}"
     )
 
 
