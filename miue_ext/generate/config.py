@@ -38,7 +38,8 @@ def auto_surrogate_cycles(epochs: int) -> int:
     """Cycles of `--surrogate-cycles auto`: for runs shorter than the paper's 100 epochs, the most
     equal cycles, up to 4, of at least 5 epochs each (20 epochs: 4 of 5, the setting measured;
     10: 2 of 5; under 10: 1). At 100 epochs or more, 1: the paper's single run, as `--alpha auto`
-    is the paper's schedule there. Cycles shorter than 5 epochs were never measured."""
+    is the paper's schedule there. Shorter cycles were worse: 10 cycles of 2 epochs raised `patches`
+    under resnet10 from 48.4% to 57.9% (docs/evaluation.md, thirteenth session)."""
     if epochs >= PAPER_EPOCHS:
         return 1
     for cycles in range(AUTO_MAX_CYCLES, 1, -1):
