@@ -127,7 +127,7 @@ def test_perturbation_steps_lower_the_objective():
     assert loss_after < loss_before - 0.05 and cos_after > cos_before
 
 
-@pytest.mark.parametrize("objective, zeta", [("mi", 0.0), ("mi", 0.1), ("sim", 0.0), ("cos", 0.0), ("ce", 0.0)])
+@pytest.mark.parametrize("objective, zeta", [("mi", 0.0), ("mi", 0.1), ("sim", 0.0), ("cos", 0.0), ("ce", 0.0), ("mi+ce", 0.1)])
 def test_every_objective_gives_a_valid_bounded_perturbation(objective, zeta):
     data = tiny_data()
     result = run(tiny_config(objective=objective, zeta=zeta), data)
@@ -137,6 +137,23 @@ def test_every_objective_gives_a_valid_bounded_perturbation(objective, zeta):
     assert (result.delta != 0).float().mean() > 0.5  # it moved
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert all(np.isfinite(r["poison_loss"]) and r["throughput"] > 0 for r in result.history)
+
+
+@pytest.mark.parametrize("zeta", [0.0, 0.1])
+def test_mi_plus_ce_objective_is_the_float64_sum_of_both_and_its_gradient(zeta):
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(24, 16, generator=g, dtype=torch.float64)
+    logits = torch.randn(24, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (24,), generator=g)
+    f32, l32 = features.float().requires_grad_(), logits.float().requires_grad_()
+    value = make_objective("mi+ce", 0.1, zeta)(f32, l32, labels)
+    value.backward()
+    f64, l64 = features.clone().requires_grad_(), logits.clone().requires_grad_()
+    expected = reference.mi_ue_loss(f64, labels, 0.1, zeta) + torch.nn.functional.cross_entropy(l64, labels)
+    expected.backward()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(f32.grad.double(), f64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(l32.grad.double(), l64.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_classwise_mode_shares_one_perturbation_per_class():

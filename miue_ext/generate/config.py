@@ -15,7 +15,7 @@ from miue_ext.errors import InputError
 STORAGES = ("auto", "resident", "stream")  # see generate/storage.py
 STREAM_DTYPES = ("float16", "float32")
 
-OBJECTIVES = ("mi", "sim", "cos", "ce")
+OBJECTIVES = ("mi", "sim", "cos", "ce", "mi+ce")
 PAPER_EPOCHS = 100
 PAPER_ALPHA_START = 0.2 / 255
 
@@ -54,7 +54,7 @@ MODES = ("samplewise", "classwise")
 
 @dataclass
 class GenerationConfig:
-    objective: str = "mi"  # mi = L_sim + zeta * L_dist; sim; cos (intra-class cosine); ce (EM)
+    objective: str = "mi"  # mi = L_sim + zeta * L_dist; sim; cos (intra-class cosine); ce (EM); mi+ce (the sum)
     mode: str = "samplewise"  # or "classwise": one perturbation per class
     epochs: int = 100  # E: outer min-min iterations
     steps: int = 10  # K: sign-gradient steps per poison batch and epoch
