@@ -127,7 +127,9 @@ def test_perturbation_steps_lower_the_objective():
     assert loss_after < loss_before - 0.05 and cos_after > cos_before
 
 
-@pytest.mark.parametrize("objective, zeta", [("mi", 0.0), ("mi", 0.1), ("sim", 0.0), ("cos", 0.0), ("ce", 0.0), ("mi+ce", 0.1)])
+@pytest.mark.parametrize(
+    "objective, zeta", [("mi", 0.0), ("mi", 0.1), ("sim", 0.0), ("cos", 0.0), ("ce", 0.0), ("mi+ce", 0.1)]
+)
 def test_every_objective_gives_a_valid_bounded_perturbation(objective, zeta):
     data = tiny_data()
     result = run(tiny_config(objective=objective, zeta=zeta), data)

@@ -48,7 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="miue",
         help="miue (default) or em: error-minimizing noise (objective ce, 20 steps of 0.8/255, stop rule)",
     )
-    method.add_argument("--objective", choices=OBJECTIVES, help="mi (default for miue) | sim | cos | ce | mi+ce (L_mi plus cross-entropy)")
+    method.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="mi (default for miue) | sim | cos | ce | mi+ce (L_mi plus cross-entropy)",
+    )
     method.add_argument("--mode", choices=MODES, help="samplewise (default) or classwise")
     method.add_argument("--epochs", type=int, metavar="E", help=f"min-min epochs {epochs_help(GENERATE_EPOCHS)}")
     method.add_argument("--steps", type=int, metavar="K", help="perturbation steps K per batch and epoch (default 10)")

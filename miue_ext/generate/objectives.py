@@ -31,8 +31,8 @@ def make_objective(name: str, temperature: float = 0.1, zeta: float = 0.1) -> Ob
     if name == "sim":
         return lambda features, logits, labels: ops.sim_loss(features, labels, temperature)
     if name == "mi+ce":  # both at once: collapse each class's features and make the noise predictive
-        return lambda features, logits, labels: ops.mi_ue_loss(features, labels, temperature, zeta) + cross_entropy(
-            logits, labels
+        return lambda features, logits, labels: (
+            ops.mi_ue_loss(features, labels, temperature, zeta) + cross_entropy(logits, labels)
         )
     if name == "cos":  # maximise mean intra-class cosine similarity
         return lambda features, logits, labels: -ops.intra_class_cosine(features, labels)
