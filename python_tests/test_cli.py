@@ -25,7 +25,13 @@ def test_generate_then_export_end_to_end(tmp_path, capsys):
     clean = load_dataset("patches").images[:48]
     poison = load_poison(out, clean_images=clean)
     meta = poison.meta
-    assert (meta["method"], meta["objective"], meta["epochs"], meta["steps"], meta["seed"]) == ("miue", "mi", 2, 2, 1)
+    assert (meta["method"], meta["objective"], meta["epochs"], meta["steps"], meta["seed"]) == (
+        "miue",
+        "mi+ce",
+        2,
+        2,
+        1,
+    )
     assert meta["eps_pixels"] == 8 and meta["surrogate"] == "smallcnn" and meta["dataset"] == "patches-train"
     assert meta["alpha_schedule"]["start"] == pytest.approx(2 / 255) and meta["versions"]["torch"]  # auto, 2 epochs
     assert meta["wall_time_s"] > 0 and meta["device"].startswith("cpu")
@@ -181,7 +187,13 @@ def _parsed_config(argv, device_type="cpu"):
 
 def test_generate_defaults_and_pixel_units():
     cpu, gpu = _parsed_config([]), _parsed_config([], "cuda")
-    assert (cpu.epochs, gpu.epochs) == (20, 100) and cpu.objective == "mi" and cpu.eps == 8 / 255
+    assert (cpu.epochs, gpu.epochs) == (20, 100) and cpu.eps == 8 / 255
+    # --objective auto: mi+ce in short runs, the paper's mi at its 100 epochs
+    assert (cpu.objective, gpu.objective) == ("mi+ce", "mi")
+    assert _parsed_config(["--epochs", "99"]).objective == "mi+ce"
+    assert _parsed_config(["--objective", "mi"]).objective == "mi"
+    assert _parsed_config(["--objective", "auto", "--epochs", "100"]).objective == "mi"
+    assert _parsed_config(["--method", "em"]).objective == "ce"
     # --alpha auto by default: the paper's schedule at 100 epochs, a 5x first step at 20
     assert cpu.alpha_at(1) == pytest.approx(1.0 / 255) and cpu.alpha_at(20) == pytest.approx(0.4 / 255)
     assert gpu.alpha_at(1) == pytest.approx(0.2 / 255) and gpu.alpha_at(100) == pytest.approx(0.4 / 255)

@@ -70,7 +70,7 @@ def test_cuda_run_with_amp_and_channels_last_is_bounded_and_valid():
     assert result.device.startswith("cuda") and all(r["throughput"] > 0 for r in result.history)
 
 
-@pytest.mark.parametrize("mode, objective", [("samplewise", "mi"), ("classwise", "ce")])
+@pytest.mark.parametrize("mode, objective", [("samplewise", "mi"), ("samplewise", "mi+ce"), ("classwise", "ce")])
 def test_cuda_deterministic_mode_is_bit_identical(mode, objective):
     config = lambda: GenerationConfig(
         epochs=2,

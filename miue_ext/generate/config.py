@@ -30,6 +30,15 @@ def auto_alpha_start(epochs: int, eps: float = 8 / 255) -> float:
     return min(PAPER_ALPHA_START * max(1.0, PAPER_EPOCHS / epochs), eps / 4)
 
 
+def auto_objective(epochs: int) -> str:
+    """Objective of `--objective auto` (MI-UE's default): below the paper's 100 epochs, `mi+ce`
+    (L_mi plus the surrogate's cross-entropy), which left both victims lower than `mi` on
+    `patches` and `digits` in 20-epoch runs (docs/evaluation.md, fourteenth session); at 100
+    epochs or more, the paper's `mi`, as `--alpha auto` and `--surrogate-cycles auto` give the
+    paper's loop there."""
+    return "mi" if epochs >= PAPER_EPOCHS else "mi+ce"
+
+
 AUTO_MAX_CYCLES = 4
 AUTO_MIN_CYCLE_EPOCHS = 5
 
