@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     method.add_argument(
         "--objective",
         choices=(*OBJECTIVES, "auto"),
-        help="auto (the default for miue: mi+ce below 100 epochs, mi at 100 and more) | mi (the paper's "
+        help="auto (the default; miue: mi+ce below 100 epochs, mi at 100 and more; em: ce) | mi (the paper's "
         "L_sim + zeta L_dist) | sim | cos | ce (em's) | mi+ce (L_mi plus the surrogate's cross-entropy)",
     )
     method.add_argument("--mode", choices=MODES, help="samplewise (default) or classwise")
@@ -202,9 +202,10 @@ def _alpha(text: str | None, epochs: int, eps: float) -> tuple[float | None, flo
 def _objective(name: str | None, method: str, epochs: int) -> str | None:
     from miue_ext.generate.config import auto_objective
 
-    if name is None and method == "miue":
-        name = "auto"
-    return auto_objective(epochs) if name == "auto" else name  # None: the method's own (em: ce)
+    if name in (None, "auto"):
+        # auto is MI-UE's rule; for em it means em's own objective (ce), not MI-UE's mi+ce
+        return auto_objective(epochs) if method == "miue" else None
+    return name
 
 
 def _surrogate_cycles(text: str | None, method: str, epochs: int) -> int | None:
