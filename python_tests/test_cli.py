@@ -195,6 +195,7 @@ def test_generate_defaults_and_pixel_units():
     assert _parsed_config(["--objective", "auto", "--epochs", "100"]).objective == "mi"
     assert _parsed_config(["--method", "em"]).objective == "ce"
     assert _parsed_config(["--method", "em", "--objective", "auto"]).objective == "ce"
+    assert cpu.ce_weight == 1.0 and _parsed_config(["--ce-weight", "0.5"]).ce_weight == 0.5
     # --alpha auto by default: the paper's schedule at 100 epochs, a 5x first step at 20
     assert cpu.alpha_at(1) == pytest.approx(1.0 / 255) and cpu.alpha_at(20) == pytest.approx(0.4 / 255)
     assert gpu.alpha_at(1) == pytest.approx(0.2 / 255) and gpu.alpha_at(100) == pytest.approx(0.4 / 255)

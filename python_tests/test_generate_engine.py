@@ -141,21 +141,30 @@ def test_every_objective_gives_a_valid_bounded_perturbation(objective, zeta):
     assert all(np.isfinite(r["poison_loss"]) and r["throughput"] > 0 for r in result.history)
 
 
-@pytest.mark.parametrize("zeta", [0.0, 0.1])
-def test_mi_plus_ce_objective_is_the_float64_sum_of_both_and_its_gradient(zeta):
+@pytest.mark.parametrize("zeta, ce_weight", [(0.0, 1.0), (0.1, 1.0), (0.0, 2.0), (0.1, 0.25)])
+def test_mi_plus_ce_objective_is_the_float64_sum_of_both_and_its_gradient(zeta, ce_weight):
     g = torch.Generator().manual_seed(3)
     features = torch.randn(24, 16, generator=g, dtype=torch.float64)
     logits = torch.randn(24, 5, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 5, (24,), generator=g)
     f32, l32 = features.float().requires_grad_(), logits.float().requires_grad_()
-    value = make_objective("mi+ce", 0.1, zeta)(f32, l32, labels)
+    value = make_objective("mi+ce", 0.1, zeta, ce_weight)(f32, l32, labels)
     value.backward()
     f64, l64 = features.clone().requires_grad_(), logits.clone().requires_grad_()
-    expected = reference.mi_ue_loss(f64, labels, 0.1, zeta) + torch.nn.functional.cross_entropy(l64, labels)
+    cross_entropy = torch.nn.functional.cross_entropy(l64, labels)
+    expected = reference.mi_ue_loss(f64, labels, 0.1, zeta) + ce_weight * cross_entropy
     expected.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(f32.grad.double(), f64.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(l32.grad.double(), l64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_ce_weight_reaches_the_perturbation_steps():
+    data = tiny_data()
+    weighted = run(tiny_config(objective="mi+ce", ce_weight=4.0), data)
+    plain = run(tiny_config(objective="mi+ce"), data)
+    assert not torch.equal(weighted.delta, plain.delta)
+    assert weighted.history[-1]["poison_loss"] > plain.history[-1]["poison_loss"]  # 4x the CE term
 
 
 def test_classwise_mode_shares_one_perturbation_per_class():

@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="Z",
         help="weight of L_dist (default 0, the authors' released setting; the paper's full method: 0.1)",
     )
+    method.add_argument(
+        "--ce-weight",
+        type=float,
+        metavar="W",
+        help="weight of the cross-entropy in the mi+ce objective: L_mi + W * CE (default 1)",
+    )
     method.add_argument("--temperature", type=float, metavar="T", help="temperature of L_sim (default 0.1)")
     method.add_argument(
         "--augment-perturbation",
@@ -264,6 +270,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         alpha_end=alpha_end,
         zeta=args.zeta,
         temperature=args.temperature,
+        ce_weight=args.ce_weight,
         batch_size=args.batch_size,
         poison_batch_size=args.poison_batch_size,
         lr=args.lr,

@@ -75,6 +75,8 @@ class GenerationConfig:
     # in our patches runs (victim 64.8% and 56.0% final vs 43.6% and 51.9% with 0; docs/evaluation.md).
     zeta: float = 0.0
     temperature: float = 0.1
+    # Weight of the cross-entropy term of the `mi+ce` objective (L_mi + ce_weight * CE).
+    ce_weight: float = 1.0
     batch_size: int = 128  # surrogate training batch
     poison_batch_size: int = 512  # perturbation batch
     lr: float = 0.1
@@ -167,6 +169,15 @@ class GenerationConfig:
         )
         need(math.isfinite(self.zeta) and self.zeta >= 0, f"zeta must be a finite number >= 0, got {self.zeta}")
         need(
+            math.isfinite(self.ce_weight) and self.ce_weight > 0,
+            f"ce-weight must be a finite number > 0, got {self.ce_weight}",
+        )
+        need(
+            self.ce_weight == 1.0 or self.objective == "mi+ce",
+            f"ce-weight weighs the cross-entropy of the mi+ce objective; objective {self.objective!r} has none "
+            f"(got ce-weight {self.ce_weight})",
+        )
+        need(
             math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_min) and self.lr_min >= 0,
             f"learning rates must be finite and positive, got lr {self.lr}",
         )
@@ -193,4 +204,10 @@ class GenerationConfig:
     # lives, not the algorithm (a float16 stream rounds delta, so switching it is not bit-exact).
     RESUMABLE_CHANGES = ("compile", "checkpoint_every", "storage", "stream_dtype", "chunk_rows")
     # Settings added after checkpoints already existed, with the behaviour those checkpoints had.
-    ADDED_LATER = {"perturb_augment": False, "perturb_flip": False, "train_clamp": True, "surrogate_cycles": 1}
+    ADDED_LATER = {
+        "perturb_augment": False,
+        "perturb_flip": False,
+        "train_clamp": True,
+        "surrogate_cycles": 1,
+        "ce_weight": 1.0,
+    }

@@ -145,7 +145,7 @@ class _Run:
             if config.surrogate_cycles > 1
             else torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs, eta_min=config.lr_min)
         )
-        self.objective = make_objective(config.objective, config.temperature, config.zeta)
+        self.objective = make_objective(config.objective, config.temperature, config.zeta, config.ce_weight)
         self.amp = lambda: steps.autocast_context(device, config.amp)
         self.progress = Progress(enabled=progress, total_epochs=config.epochs)
         self.history: list[dict] = []

@@ -22,7 +22,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -(log_probs * F.one_hot(labels, logits.shape[1]).to(log_probs.dtype)).sum(1).mean()
 
 
-def make_objective(name: str, temperature: float = 0.1, zeta: float = 0.1) -> Objective:
+def make_objective(name: str, temperature: float = 0.1, zeta: float = 0.1, ce_weight: float = 1.0) -> Objective:
     """`objective(features [B, D] float32, logits [B, C] float32, labels [B]) -> 0-dim loss`."""
     if name == "ce":  # error-minimizing noise: make the surrogate's loss small
         return lambda features, logits, labels: cross_entropy(logits, labels)
@@ -32,7 +32,7 @@ def make_objective(name: str, temperature: float = 0.1, zeta: float = 0.1) -> Ob
         return lambda features, logits, labels: ops.sim_loss(features, labels, temperature)
     if name == "mi+ce":  # both at once: collapse each class's features and make the noise predictive
         return lambda features, logits, labels: (
-            ops.mi_ue_loss(features, labels, temperature, zeta) + cross_entropy(logits, labels)
+            ops.mi_ue_loss(features, labels, temperature, zeta) + ce_weight * cross_entropy(logits, labels)
         )
     if name == "cos":  # maximise mean intra-class cosine similarity
         return lambda features, logits, labels: -ops.intra_class_cosine(features, labels)
