@@ -235,7 +235,12 @@ def test_perturb_flip_option_reaches_the_config():
 
 
 @pytest.mark.parametrize(
-    "flag, key", [("--augment-perturbation", "perturb_augment"), ("--perturb-flip", "perturb_flip")]
+    "flag, key",
+    [
+        ("--augment-perturbation", "perturb_augment"),
+        ("--augment-training", "train_augment"),
+        ("--perturb-flip", "perturb_flip"),
+    ],
 )
 def test_generation_flags_are_recorded_in_the_poison_file(flag, key, tmp_path):
     out = tmp_path / "p.npz"

@@ -62,3 +62,47 @@ def test_engine_with_augmentation_is_bounded_reproducible_and_differs():
     x = torch.from_numpy(data.images).float() / 255
     assert runs[0].delta.abs().max() <= 8 / 255 + 1e-7 and runs[0].delta.abs().max() > 3 / 255
     assert ((x + runs[0].delta) >= -1e-7).all() and ((x + runs[0].delta) <= 1 + 1e-7).all()
+
+
+# --augment-training: the surrogate trains on the victims' view of x + delta.
+
+
+def test_engine_with_training_augmentation_is_reproducible_and_differs():
+    data = tiny_patches(48)
+    runs = on_off_on_runs(data, "train_augment")
+    assert torch.equal(runs[0].delta, runs[1].delta) and not torch.equal(runs[0].delta, runs[2].delta)
+    assert runs[0].delta.abs().max() <= 8 / 255 + 1e-7
+
+
+def test_training_stage_sees_the_shifted_and_flipped_view(monkeypatch):
+    """Epoch 1 trains on x + 0 (delta starts at 0): every training input must be the victims'
+    augmentation of its clean image, with the shifts and flips of the epoch's own generator."""
+    from miue_ext.generate import GenerationConfig, generate
+    from miue_ext.generate.epoch_plan import epoch_generator
+    from miue_ext.models import FeatureSurrogate
+
+    data = tiny_patches(40)
+    seen = []
+    forward = FeatureSurrogate.forward
+
+    def recording_forward(self, x):
+        if self.training:
+            seen.append(x.detach().permute(0, 2, 3, 1).clone())  # back to NHWC
+        return forward(self, x)
+
+    monkeypatch.setattr(FeatureSurrogate, "forward", recording_forward)
+    config = GenerationConfig(epochs=1, steps=1, batch_size=16, poison_batch_size=40, flip=False, train_augment=True)
+    generate(data, config, device="cpu", model_name="smallcnn", log=lambda line: None)
+
+    x = torch.from_numpy(data.images).float() / 255
+    order = torch.randperm(40, generator=epoch_generator(0, 1, 1))
+    views = epoch_generator(0, 1, 0)
+    expected = []
+    for start in range(0, 40, 16):
+        index = order[start : start + 16]
+        shifts, flips = augment.draw_shifts_and_flips(index.numel(), views)
+        expected.append(augment.shift_and_flip(x[index], shifts, flips, augment.CROP_PADDING))
+    assert len(seen) == len(expected) == 3
+    for got, want in zip(seen, expected):
+        assert torch.equal(got, want)
+    assert any((got[:, :, 0] == 0).all(dim=(1, 2)).any() for got in seen)  # some image was shifted off its border

@@ -98,6 +98,15 @@ def test_resume_after_em_stop_rule_does_not_continue(tmp_path):
     assert torch.equal(again.delta, first.delta)
 
 
+def test_resumed_run_with_training_augmentation_equals_one_straight_run(tmp_path):
+    straight = gen(config(train_augment=True))
+    with pytest.raises(Crash):
+        gen(config(train_augment=True), checkpoint_dir=tmp_path, log=crash_at_epoch(3))
+    resumed = gen(config(train_augment=True), checkpoint_dir=tmp_path, resume=True)
+    assert torch.equal(resumed.delta, straight.delta)
+    assert not torch.equal(resumed.delta, gen(config()).delta)
+
+
 def test_checkpoint_older_than_a_setting_resumes_with_its_old_behaviour(tmp_path):
     straight = gen(config())
     with pytest.raises(Crash):

@@ -58,7 +58,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
     [
         {},
         {"perturb_flip": True, "random_start": True},
-        {"perturb_augment": True, "flip": False},
+        {"perturb_augment": True, "train_augment": True, "flip": False},
         {"mode": "classwise"},
         {"objective": "ce", "stop_accuracy": 0.99},
     ],

@@ -87,6 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "victim's standard augmentation; not in the paper, and no better on patches)",
     )
     method.add_argument(
+        "--augment-training",
+        dest="train_augment",
+        action="store_true",
+        default=None,
+        help="the surrogate trains on a random 4-pixel shift and flip of x + delta, as every "
+        "victim does (not in the paper: the authors' surrogate sees flips only)",
+    )
+    method.add_argument(
         "--perturb-flip",
         dest="perturb_flip",
         action="store_true",
@@ -276,6 +284,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         lr=args.lr,
         flip=args.flip,
         perturb_augment=args.perturb_augment,
+        train_augment=args.train_augment,
         perturb_flip=args.perturb_flip,
         train_clamp=args.train_clamp,
         random_start=args.random_start,

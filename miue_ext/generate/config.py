@@ -92,6 +92,10 @@ class GenerationConfig:
     # input can leave [0, 1] by up to eps); the perturbation steps always project. docs/fidelity.md.
     train_clamp: bool = True
     perturb_augment: bool = False  # each perturbation step sees a random 4-pixel shift + flip of x + delta
+    # The surrogate trains on a random 4-pixel shift + flip of x + delta, the view every victim
+    # trains on, so that the noise is co-adapted with a network that learns as the victims do.
+    # Not in the paper (the authors' surrogate sees flips only).
+    train_augment: bool = False
     random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
     # Split the E epochs into this many equal cycles; each later cycle starts from a freshly
     # initialised surrogate with the lr back at its start (cosine per cycle). Every victim learns
@@ -210,4 +214,5 @@ class GenerationConfig:
         "train_clamp": True,
         "surrogate_cycles": 1,
         "ce_weight": 1.0,
+        "train_augment": False,
     }

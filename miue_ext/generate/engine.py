@@ -438,6 +438,7 @@ class _Run:
                 cfg.channels_last,
                 on_batch,
                 clamp=cfg.train_clamp,
+                augment=plan.train_augment,
             )
             loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             correct = chunk_correct if correct is None else correct + chunk_correct

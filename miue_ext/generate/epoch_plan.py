@@ -38,7 +38,8 @@ class EpochPlan:
     poison_order: torch.Tensor
     poison_batches: int  # perturbation batches of the epoch over all ranks
     perturb_flips: torch.Tensor | None  # per store row: flip the clean image while perturbing
-    augment: RandomShiftFlip | None
+    augment: RandomShiftFlip | None  # the perturbation steps' view of x + delta
+    train_augment: RandomShiftFlip | None = None  # the surrogate's training view of x + delta
 
 
 def owned_count(n: int, rank: int, world_size: int) -> int:
@@ -59,7 +60,9 @@ def plan_epoch(config, epoch: int, n: int, device: torch.device, ctx=None, owned
     if config.perturb_flip:  # drawn for all rows, so that every rank agrees on every sample's flip
         perturb_flips = (torch.rand(rows, generator=epoch_generator(config.seed, epoch, 3, rank)) < 0.5).to(device)
     batches = -(-rows // config.poison_batch_size)
-    plan = EpochPlan(order, order, config.batch_size, n, flips, order, batches, perturb_flips, augment)
+    # Stage 0 of epochs >= 1 is free (epoch 0's stage 0 draws the random start).
+    train_augment = RandomShiftFlip(epoch_generator(config.seed, epoch, 0, rank)) if config.train_augment else None
+    plan = EpochPlan(order, order, config.batch_size, n, flips, order, batches, perturb_flips, augment, train_augment)
     if ctx is None:
         return plan
     world = ctx.world_size

@@ -72,13 +72,17 @@ def train_epoch(
     channels_last: bool,
     on_batch: Callable[[torch.Tensor, torch.Tensor, int], None],
     clamp: bool = True,
+    augment=None,
 ):
-    """One epoch of cross-entropy training on x + delta. Returns device sums (loss, correct)."""
+    """One epoch of cross-entropy training on x + delta (or on `augment`'s random view of it).
+    Returns device sums (loss, correct)."""
     surrogate.train()
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for index in batches(order, batch_size):
         inputs, y = perturbed_batch(images, labels, delta, classwise, index, flip_mask, clamp)
+        if augment is not None:
+            inputs = augment(inputs)
         with amp():
             _, logits = surrogate(to_model_layout(inputs, channels_last))
         loss = cross_entropy(logits.float(), y)
