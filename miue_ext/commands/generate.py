@@ -92,7 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="the surrogate trains on a random 4-pixel shift and flip of x + delta, as every "
-        "victim does (not in the paper: the authors' surrogate sees flips only)",
+        "victim does (not in the paper: the authors' surrogate sees flips only; weaker on patches)",
     )
     method.add_argument(
         "--perturb-flip",
