@@ -24,7 +24,7 @@ from miue_ext.errors import (
     OutputError,
     Terminated,
 )
-from miue_ext.stop_signals import StopSignals, end_process_now
+from miue_ext.stop_signals import StopSignals, end_process_now, interrupt_behind
 
 SUBCOMMANDS = {  # name -> (module, one-line help)
     "generate": ("miue_ext.commands.generate", "compute MI-UE (or EM) perturbations and write a poison file"),
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(prog: str, cause: BaseException, args: argparse.Namespace | None, err: BaseException) -> int:
     """Print the one line for `cause` (the signal that stopped the run, whatever `err` it ended
     with: interrupted code fails in any way); return the exit code. MIUE_DEBUG: `err`'s traceback."""
-    interrupt = _interrupt_behind(cause)
+    interrupt = interrupt_behind(cause)
     if isinstance(interrupt, Terminated):
         return _fail(prog, f"terminated ({interrupt.signal_name}){_checkpoint_note(args)}", 128 + interrupt.signum, err)
     if interrupt is not None:
@@ -112,16 +112,6 @@ def _report(prog: str, cause: BaseException, args: argparse.Namespace | None, er
     what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__  # a bug
     hint = "" if _debug() else f" (run with {DEBUG_VARIABLE}=1 for the traceback)"
     return _fail(prog, f"internal error: {_shorten(_one_line(what))}{hint}{_checkpoint_note(args)}", 1, err)
-
-
-def _interrupt_behind(err: BaseException | None) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM that `err` is, or that was being handled when it was raised: an
-    interrupted import can leave a half-made module whose cleanup then fails with another error."""
-    while err is not None:
-        if isinstance(err, KeyboardInterrupt):
-            return err
-        err = err.__context__
-    return None
 
 
 def _fail(prog: str, message: str, code: int, err: BaseException) -> int:

@@ -33,6 +33,16 @@ def started_as_the_cli() -> bool:
     return os.path.basename(sys.argv[0]) == "miue" or sys.argv[0] == "-m"
 
 
+def interrupt_behind(err: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that `err` is, or that was being handled when it was raised: an
+    interrupted import can leave a half-made module whose cleanup then fails with another error."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        err = err.__context__
+    return None
+
+
 class held_while_torch_loads:  # noqa: N801  (used as `with held_while_torch_loads():`)
     """For the command only: hold Ctrl-C and SIGTERM while torch loads (about a second), then end
     with one line. Raising KeyboardInterrupt there is not an option: inside torch's C++
@@ -134,7 +144,7 @@ class StopSignals:
             return
         if self.received is None:
             self.received = signum
-        if self.defer or redelivered and _interrupt_behind(sys.exc_info()[1]) is not None:
+        if self.defer or redelivered and interrupt_behind(sys.exc_info()[1]) is not None:
             return  # later, or the first one is on its way out: let its cleanups finish
         raise self.interrupt()
 

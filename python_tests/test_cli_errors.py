@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from miue_ext import stop_signals
 from miue_ext.cli import main
 from miue_ext.errors import InputError, NonFiniteLossError, OutputError
 
@@ -133,6 +134,26 @@ def test_whatever_error_follows_a_ctrl_c_it_is_reported_as_the_ctrl_c(monkeypatc
 
     _export_running(monkeypatch, run)
     assert main(["export", "a.npz", "b"]) == 130
+    assert capsys.readouterr().err == "miue export: interrupted\n"
+
+
+def test_a_redelivered_signal_lets_the_cleanup_of_the_first_finish(monkeypatch, capsys, guarded_signals):
+    cleaned = []
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)
+        except KeyboardInterrupt:
+            deadline = time.monotonic() + 2.5 * stop_signals.StopSignals.REDELIVER_S
+            while time.monotonic() < deadline:  # a cleanup that outlasts two redeliveries
+                time.sleep(0.05)
+            cleaned.append(True)
+            raise
+
+    _export_running(monkeypatch, run)
+    assert main(["export", "a.npz", "b"]) == 130
+    assert cleaned == [True]
     assert capsys.readouterr().err == "miue export: interrupted\n"
 
 
