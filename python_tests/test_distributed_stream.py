@@ -96,3 +96,19 @@ def test_gathered_rows_refuse_a_misaligned_slice():
     assert len(rows) == 6 and rows.shape == (6, 2, 2, 1)
     with pytest.raises(ValueError, match="multiple of the world size"):
         rows[1:3]
+
+
+@pytest.mark.slow
+def test_colour_start_gives_each_owned_row_its_own_class_offset(tmp_path):
+    """Each rank starts its rows rank::2 from their own labels' offsets (a tiny step keeps them)."""
+    from miue_ext.generate.colour_start import class_colour_offsets
+
+    tiny_step = ["--epochs", "1", "--steps", "1", "--alpha", "0.0001", "--colour-start"]
+    done = torchrun([*STREAM, *tiny_step, "--out", "poison.npz"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = load_dataset("patches")
+    clean, labels = data.images[:SAMPLES], data.labels[:SAMPLES]
+    poison = load_poison(tmp_path / "poison.npz", clean_images=clean)
+    offsets = class_colour_offsets(data.num_classes, 3, 8 / 255, poison.meta["config"]["seed"]).numpy()
+    _, expected = quantize(clean, np.broadcast_to(offsets[labels][:, None, None, :], clean.shape), 8 / 255)
+    assert np.array_equal(poison.perturbation, expected)

@@ -61,8 +61,10 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         {"perturb_augment": True, "train_augment": True, "flip": False},
         {"mode": "classwise"},
         {"objective": "ce", "stop_accuracy": 0.99},
+        {"colour_start": True},
+        {"colour_start": True, "mode": "classwise"},
     ],
-    ids=["default", "flips+random-start", "augment", "classwise", "em-stop-rule"],
+    ids=["default", "flips+random-start", "augment", "classwise", "em-stop-rule", "colour", "colour-classwise"],
 )
 def test_stream_float32_equals_resident(options):
     resident = gen(config(storage="resident", **options))

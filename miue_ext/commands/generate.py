@@ -112,6 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     method.add_argument("--random-start", action="store_true", default=None, help="start from uniform noise")
     method.add_argument(
+        "--colour-start",
+        action="store_true",
+        default=None,
+        help="start every image of a class from the class's own constant colour offset (a distinct "
+        "point of the +-eps colour cube per class) instead of 0",
+    )
+    method.add_argument(
         "--surrogate-cycles",
         metavar="C|auto",
         help="split the epochs into C equal cycles, each after the first with a freshly initialised "
@@ -288,6 +295,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         perturb_flip=args.perturb_flip,
         train_clamp=args.train_clamp,
         random_start=args.random_start,
+        colour_start=args.colour_start,
         surrogate_cycles=cycles,
         stop_accuracy=stop,
         seed=args.seed,

@@ -97,6 +97,9 @@ class GenerationConfig:
     # Not in the paper (the authors' surrogate sees flips only).
     train_augment: bool = False
     random_start: bool = False  # start from uniform noise in [-eps, eps] instead of 0
+    # Start every image of a class from one constant colour offset (generate/colour_start.py): the
+    # victims learn global colour first on small photo sets. Not in the paper (which starts at 0).
+    colour_start: bool = False
     # Split the E epochs into this many equal cycles; each later cycle starts from a freshly
     # initialised surrogate with the lr back at its start (cosine per cycle). Every victim learns
     # from scratch, so the noise is also shaped against young networks, not only one that has
@@ -190,6 +193,10 @@ class GenerationConfig:
             f"surrogate-cycles ({self.surrogate_cycles}) must divide epochs ({self.epochs}) into equal cycles",
         )
         need(isinstance(self.seed, int) and 0 <= self.seed < 2**32, f"seed must be in [0, 2^32), got {self.seed}")
+        need(
+            not (self.random_start and self.colour_start),
+            "random-start and colour-start are two different starting points: choose one",
+        )
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
         need(self.storage in STORAGES, f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         need(
@@ -215,4 +222,5 @@ class GenerationConfig:
         "surrogate_cycles": 1,
         "ce_weight": 1.0,
         "train_augment": False,
+        "colour_start": False,
     }

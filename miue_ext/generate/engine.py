@@ -24,6 +24,7 @@ from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError, NonFiniteLossError
 from miue_ext.generate import checkpoint as ckpt
 from miue_ext.generate import steps, storage
+from miue_ext.generate.colour_start import class_colour_offsets
 from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.epoch_plan import epoch_generator, owned_count, plan_epoch
 from miue_ext.generate.objectives import make_objective
@@ -157,7 +158,7 @@ class _Run:
     def _make_store(self, dataset: ImageDataset):
         cfg, dev = self.config, self.device
         sample_shape = tuple(dataset.images.shape[1:])
-        self.owned, self.rows, self.row_images = False, self.n, dataset.images
+        self.owned, self.rows, self.row_images, self.row_labels = False, self.n, dataset.images, dataset.labels
         requested = cfg.storage
         if self.dist is not None:
             if requested == "stream":
@@ -198,6 +199,7 @@ class _Run:
         self.owned = True
         self.rows = owned_count(self.n, ctx.rank, ctx.world_size)
         self.row_images = dataset.images[ctx.rank :: ctx.world_size]  # a view (a memory map stays one)
+        self.row_labels = dataset.labels[ctx.rank :: ctx.world_size]
         train_batch = max(1, -(-cfg.batch_size // ctx.world_size))
         chunk = storage.chunk_rows(self.sample_shape, train_batch, cfg.poison_batch_size, cfg.chunk_rows)
         self.log(
@@ -218,8 +220,10 @@ class _Run:
 
     def _initial_delta(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of --random-start's noise, drawn in row order from one generator (so
-        drawing it in chunks gives the very values of one draw)."""
+        drawing it in chunks gives the very values of one draw), or of --colour-start's offsets."""
         cfg = self.config
+        if cfg.colour_start:
+            return self._colour_rows(start, stop)
         if start == 0:
             self.start_noise = epoch_generator(cfg.seed, 0, 0, self.dist.rank if self.owned else None)
         noise = torch.rand((stop - start, *self.sample_shape), generator=self.start_noise)
@@ -229,8 +233,22 @@ class _Run:
             delta = (x + delta).clamp_(0, 1) - x
         return delta.numpy()
 
+    def _colour_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of --colour-start: each row its class's colour offset everywhere."""
+        cfg = self.config
+        offsets = class_colour_offsets(self.dataset.num_classes, self.sample_shape[-1], cfg.eps, cfg.seed)
+        if cfg.mode == "classwise":  # a row is a class
+            rows = offsets[start:stop]
+        else:
+            rows = offsets[torch.from_numpy(np.asarray(self.row_labels[start:stop], dtype=np.int64))]
+        delta = rows[:, None, None, :].expand(stop - start, *self.sample_shape).contiguous()
+        if cfg.mode == "samplewise":  # keep x + delta a valid image
+            x = torch.from_numpy(np.asarray(self.row_images[start:stop])).float().div_(255)
+            delta = (x + delta).clamp_(0, 1) - x
+        return delta.numpy()
+
     def _start_fresh(self) -> None:
-        initial = self._initial_delta if self.config.random_start else None
+        initial = self._initial_delta if self.config.random_start or self.config.colour_start else None
         if self.store.streamed:
             self.store.start(initial)
         elif initial is not None:
