@@ -28,6 +28,13 @@ from miue_ext.errors import InputError
 from miue_ext.poison_file import load_poison, quantize, save_poison
 
 
+METHOD_NAMES = {
+    "signs": "classwise random sign (control)",
+    "colour": "classwise colour corner (control)",
+    "toward": "classwise colour toward the nearest class (control)",
+}
+
+
 def colour_shifts(kind: str, clean: np.ndarray, labels: np.ndarray, eps: float, rng) -> np.ndarray:
     """One +-eps colour offset per class, [classes, channels]."""
     classes, channels = int(labels.max()) + 1, clean.shape[3]
@@ -86,7 +93,7 @@ def main() -> None:
     meta = {k: v for k, v in reference.meta.items() if k not in ("history", "config", "alpha_schedule")}
     meta.update(
         {
-            "method": "classwise random sign (control)",
+            "method": METHOD_NAMES[args.kind] + (" on top of the --like poison" if args.on_top else ""),
             "seed": args.seed,
             "eps": eps,
             "eps_pixels": args.eps,
