@@ -13,6 +13,11 @@ colour of an image of another class; its median per class, and the share of imag
 --eps of another class (a perturbation of that budget can move an image's mean colour that far
 and no farther).
 
+A third table asks how much of each poison's perturbation is itself a class-wise colour shift: the
+mean over classes and channels of |the class's mean perturbation| (levels), the mean over images
+of |the image's mean perturbation|, and the share of the variance of the images' mean
+perturbations that their class explains (1: one colour shift per class; 0: none).
+
 python experiments/colour_baseline.py [--data patches] [--eps 8] [POISON.npz ...]
 """
 
@@ -56,6 +61,18 @@ def nearest_other_class_distance(mean_colours: np.ndarray, labels: np.ndarray) -
     return nearest
 
 
+def colour_shift_summary(perturbation: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """(mean |class mean shift|, mean |image mean shift|, class share of the image shifts' variance),
+    for an integer perturbation [N, H, W, C] in levels; the shifts are per channel."""
+    image_shift = perturbation.astype(np.float64).mean(axis=(1, 2))  # [N, C]
+    classes = np.unique(labels)
+    class_shift = np.stack([image_shift[labels == c].mean(axis=0) for c in classes])  # [K, C]
+    explained = class_shift[np.searchsorted(classes, labels)]
+    total = image_shift.var(axis=0).sum()
+    share = float(explained.var(axis=0).sum() / total) if total > 0 else 0.0
+    return float(np.abs(class_shift).mean()), float(np.abs(image_shift).mean()), share
+
+
 def fit_and_score(train_images, train_labels, test_images, test_labels, num_classes):
     """(overall accuracy, per-class accuracy) on the test images of a colour-statistics classifier."""
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -73,9 +90,11 @@ def main() -> None:
     train, test = load_data(args.data)
     names = list(train.class_names or [str(c) for c in range(train.num_classes)])
     train_labels, test_labels = np.asarray(train.labels), np.asarray(test.labels)
-    rows = [("clean", np.asarray(train.images))]
+    rows, shifts = [("clean", np.asarray(train.images))], []
     for path in args.poisons:
-        rows.append((path, np.asarray(load_poison(path, clean_images=np.asarray(train.images)).images)))
+        poison = load_poison(path, clean_images=np.asarray(train.images))
+        rows.append((path, np.asarray(poison.images)))
+        shifts.append((path, colour_shift_summary(np.asarray(poison.perturbation), train_labels)))
     print("| training images | overall | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for label, images in rows:
@@ -91,6 +110,13 @@ def main() -> None:
     for label, name in enumerate(names):
         mine = distance[train_labels == label]
         print(f"| {name} | {np.median(mine):.1f} | {100 * (mine <= args.eps).mean():.0f}% |")
+    if shifts:
+        print(
+            "\n| poison | class colour shift (levels) | image colour shift (levels) | class share of the image shifts |"
+        )
+        print("|---|---|---|---|")
+        for path, (per_class, per_image, share) in shifts:
+            print(f"| {path} | {per_class:.2f} | {per_image:.2f} | {share:.2f} |")
 
 
 if __name__ == "__main__":

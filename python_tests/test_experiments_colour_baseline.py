@@ -67,3 +67,16 @@ def test_nearest_other_class_distance_is_the_linf_gap_to_the_closest_other_class
 def test_nearest_other_class_distance_of_a_lone_class_is_infinite():
     distance = baseline.nearest_other_class_distance(np.zeros((3, 3)), np.zeros(3, dtype=np.int64))
     assert np.isinf(distance).all()
+
+
+def test_colour_shift_summary_separates_class_colour_from_other_noise():
+    module = load_experiment("colour_baseline")
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    offsets = np.array([[8, -8, 8], [-8, -8, 8], [8, 8, -8]])
+    per_class = np.broadcast_to(offsets[labels][:, None, None, :], (6, 4, 4, 3)).copy()
+    assert module.colour_shift_summary(per_class, labels) == (8.0, 8.0, 1.0)
+    checker = np.where((np.indices((4, 4)).sum(0) % 2)[None, :, :, None] == 0, 8, -8)
+    assert module.colour_shift_summary(np.broadcast_to(checker, (6, 4, 4, 3)), labels) == (0.0, 0.0, 0.0)
+    image_only = np.zeros((6, 4, 4, 3))  # images of one class shifted in opposite directions
+    image_only[::2], image_only[1::2] = 4, -4
+    assert module.colour_shift_summary(image_only, labels) == (0.0, 4.0, 0.0)
