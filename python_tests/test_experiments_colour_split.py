@@ -19,7 +19,9 @@ def test_the_two_parts_add_up_and_the_pattern_has_no_colour():
     np.testing.assert_allclose(colour + pattern, delta)
     np.testing.assert_allclose(pattern.mean(axis=(1, 2)), 0, atol=1e-12)
     assert np.all(colour == colour[:, :1, :1, :])  # constant over each image
-    with pytest.raises(ValueError, match="colour or pattern"):
+    at_budget = module.split(delta, "colour-at-budget", eps=8)
+    np.testing.assert_array_equal(at_budget, 8 * np.sign(colour))
+    with pytest.raises(ValueError, match="colour, colour-at-budget or pattern"):
         module.split(delta, "both")
 
 
