@@ -5,6 +5,7 @@ an 8/255 noise pattern of random signs does not touch; a class-wise colour offse
 that cue (docs/evaluation.md, seventeenth session). The offsets are points of a regular grid in
 the +-eps colour cube, one per class and all different: the cube's corners when there are at most
 2^channels classes (8 for RGB), finer grids (levels -eps .. eps) when there are more.
+Measured on `patches`, MI-UE rewrites the start and ends weaker than from 0, so it is off.
 """
 
 from __future__ import annotations
