@@ -227,11 +227,7 @@ class _Run:
         if start == 0:
             self.start_noise = epoch_generator(cfg.seed, 0, 0, self.dist.rank if self.owned else None)
         noise = torch.rand((stop - start, *self.sample_shape), generator=self.start_noise)
-        delta = noise.mul_(2).sub_(1).mul_(cfg.eps)
-        if cfg.mode == "samplewise":  # keep x + delta a valid image
-            x = torch.from_numpy(np.asarray(self.row_images[start:stop])).float().div_(255)
-            delta = (x + delta).clamp_(0, 1) - x
-        return delta.numpy()
+        return self._valid_start(noise.mul_(2).sub_(1).mul_(cfg.eps), start, stop)
 
     def _colour_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of --colour-start: each row its class's colour offset everywhere."""
@@ -241,11 +237,14 @@ class _Run:
             rows = offsets[start:stop]
         else:
             rows = offsets[torch.from_numpy(np.asarray(self.row_labels[start:stop], dtype=np.int64))]
-        delta = rows[:, None, None, :].expand(stop - start, *self.sample_shape).contiguous()
-        if cfg.mode == "samplewise":  # keep x + delta a valid image
+        return self._valid_start(rows[:, None, None, :].expand(stop - start, *self.sample_shape), start, stop)
+
+    def _valid_start(self, delta: torch.Tensor, start: int, stop: int) -> np.ndarray:
+        """A starting delta for rows [start, stop), sample-wise clamped so that x + delta is a valid image."""
+        if self.config.mode == "samplewise":
             x = torch.from_numpy(np.asarray(self.row_images[start:stop])).float().div_(255)
             delta = (x + delta).clamp_(0, 1) - x
-        return delta.numpy()
+        return delta.contiguous().numpy()
 
     def _start_fresh(self) -> None:
         initial = self._initial_delta if self.config.random_start or self.config.colour_start else None
