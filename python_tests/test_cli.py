@@ -240,6 +240,7 @@ def test_perturb_flip_option_reaches_the_config():
         ("--augment-perturbation", "perturb_augment"),
         ("--augment-training", "train_augment"),
         ("--colour-start", "colour_start"),
+        ("--colour-only", "colour_only"),
         ("--perturb-flip", "perturb_flip"),
     ],
 )

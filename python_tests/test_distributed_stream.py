@@ -112,3 +112,16 @@ def test_colour_start_gives_each_owned_row_its_own_class_offset(tmp_path):
     offsets = class_colour_offsets(data.num_classes, 3, 8 / 255, poison.meta["config"]["seed"]).numpy()
     _, expected = quantize(clean, np.broadcast_to(offsets[labels][:, None, None, :], clean.shape), 8 / 255)
     assert np.array_equal(poison.perturbation, expected)
+
+
+@pytest.mark.slow
+def test_a_colour_only_group_writes_one_colour_shift_per_owned_image(tmp_path):
+    """Both ranks' owned rows come back as one colour shift per image: clip(clean + shift)."""
+    done = torchrun([*STREAM, "--epochs", "1", "--steps", "2", "--colour-only", "--out", "poison.npz"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    clean = load_dataset("patches").images[:SAMPLES]
+    poison = load_poison(tmp_path / "poison.npz", clean_images=clean)
+    pert = poison.perturbation.astype(np.int16).reshape(SAMPLES, -1, 3)
+    shift = np.take_along_axis(pert, np.abs(pert).argmax(1)[:, None, :], 1)  # the unclipped value
+    assert np.array_equal(poison.images.reshape(SAMPLES, -1, 3), np.clip(clean.reshape(SAMPLES, -1, 3) + shift, 0, 255))
+    assert (np.abs(shift) > 0).mean() > 0.9  # rank 1's rows moved too, not only rank 0's

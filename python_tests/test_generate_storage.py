@@ -63,8 +63,18 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         {"objective": "ce", "stop_accuracy": 0.99},
         {"colour_start": True},
         {"colour_start": True, "mode": "classwise"},
+        {"colour_only": True, "colour_start": True, "perturb_flip": True},
     ],
-    ids=["default", "flips+random-start", "augment", "classwise", "em-stop-rule", "colour", "colour-classwise"],
+    ids=[
+        "default",
+        "flips+random-start",
+        "augment",
+        "classwise",
+        "em-stop-rule",
+        "colour",
+        "colour-classwise",
+        "colour-only",
+    ],
 )
 def test_stream_float32_equals_resident(options):
     resident = gen(config(storage="resident", **options))

@@ -119,6 +119,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "point of the +-eps colour cube per class) instead of 0",
     )
     method.add_argument(
+        "--colour-only",
+        action="store_true",
+        default=None,
+        help="sample-wise: perturb each image by one colour shift, constant over its pixels (the "
+        "gradient summed over the pixels), instead of per pixel",
+    )
+    method.add_argument(
         "--surrogate-cycles",
         metavar="C|auto",
         help="split the epochs into C equal cycles, each after the first with a freshly initialised "
@@ -296,6 +303,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         train_clamp=args.train_clamp,
         random_start=args.random_start,
         colour_start=args.colour_start,
+        colour_only=args.colour_only,
         surrogate_cycles=cycles,
         stop_accuracy=stop,
         seed=args.seed,

@@ -100,6 +100,12 @@ class GenerationConfig:
     # Start every image of a class from one constant colour offset (generate/colour_start.py): the
     # victims learn global colour first on small photo sets. Not in the paper (which starts at 0).
     colour_start: bool = False
+    # Sample-wise only: each image's perturbation is one colour shift, constant over its pixels (C
+    # numbers), stepped by the sign of its gradient summed over the pixels; x + delta is clamped
+    # to [0, 1] where it is used. On small photo sets the victims learn an image's mean colour
+    # first, and the per-image colour shift is the part of MI-UE's noise that protects there
+    # (docs/evaluation.md). Not in the paper (which perturbs every pixel).
+    colour_only: bool = False
     # Split the E epochs into this many equal cycles; each later cycle starts from a freshly
     # initialised surrogate with the lr back at its start (cosine per cycle). Every victim learns
     # from scratch, so the noise is also shaped against young networks, not only one that has
@@ -197,6 +203,15 @@ class GenerationConfig:
             not (self.random_start and self.colour_start),
             "random-start and colour-start are two different starting points: choose one",
         )
+        need(
+            not (self.colour_only and self.mode != "samplewise"),
+            "colour-only perturbs each image by its own colour shift: it needs --mode samplewise "
+            "(class-wise, use the class colour control of experiments/classwise_random_poison.py)",
+        )
+        need(
+            not (self.colour_only and self.random_start),
+            "random-start draws noise per pixel, colour-only perturbs one colour per image: choose one",
+        )
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
         need(self.storage in STORAGES, f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         need(
@@ -223,4 +238,5 @@ class GenerationConfig:
         "ce_weight": 1.0,
         "train_augment": False,
         "colour_start": False,
+        "colour_only": False,
     }

@@ -240,8 +240,9 @@ class _Run:
         return self._valid_start(rows[:, None, None, :].expand(stop - start, *self.sample_shape), start, stop)
 
     def _valid_start(self, delta: torch.Tensor, start: int, stop: int) -> np.ndarray:
-        """A starting delta for rows [start, stop), sample-wise clamped so that x + delta is a valid image."""
-        if self.config.mode == "samplewise":
+        """A starting delta for rows [start, stop), sample-wise clamped so that x + delta is a valid
+        image (not with --colour-only, whose rows stay constant and are clamped where used)."""
+        if self.config.mode == "samplewise" and not self.config.colour_only:
             x = torch.from_numpy(np.asarray(self.row_images[start:stop])).float().div_(255)
             delta = (x + delta).clamp_(0, 1) - x
         return delta.contiguous().numpy()
@@ -478,6 +479,8 @@ class _Run:
         perturb_tick = time.perf_counter()
         bar = self.progress.stage("perturb", plan.poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
+        if cfg.colour_only:
+            perturb = steps.perturb_colour
         loss_sum, finite = None, None
         for chunk in self.store.chunks(plan.poison_order):
             on_batch = (

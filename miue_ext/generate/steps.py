@@ -141,6 +141,49 @@ def perturb_samplewise(
     return loss_sum
 
 
+def perturb_colour(
+    surrogate,
+    objective: Objective,
+    images,
+    labels,
+    delta,
+    order,
+    batch_size: int,
+    steps: int,
+    alpha: float,
+    eps: float,
+    amp,
+    channels_last: bool,
+    on_batch: Callable[[torch.Tensor, int], None],
+    augment=None,
+    flip_mask=None,
+) -> torch.Tensor:
+    """Sample-wise, one colour shift per image (--colour-only): every row of `delta` is constant
+    over its pixels, and a step moves it by alpha times the sign of its gradient summed over the
+    pixels, then projects onto the eps ball. The row is not projected onto [0, 1] (it could no
+    longer be constant); x + delta is clamped where it is used, so saturated pixels add no
+    gradient, and the written poison is clip(x + shift) - x. Same arguments as perturb_samplewise.
+    """
+    loss_sum = torch.zeros((), device=images.device)
+    for index in batches(order, batch_size):
+        x = clean_batch(images, index, flip_mask)
+        y = labels.index_select(0, index)
+        shift = delta.index_select(0, index)[:, :1, :1, :]  # [B, 1, 1, C]
+        for _ in range(steps):
+            leaf = shift.detach().requires_grad_(True)
+            inputs = (x + leaf).clamp(0, 1)
+            seen = inputs if augment is None else augment(inputs)
+            with amp():
+                features, logits = surrogate(to_model_layout(seen, channels_last))
+            loss = objective(features.float(), logits.float(), y)
+            (grad,) = torch.autograd.grad(loss, leaf)  # summed over the pixels by the broadcast
+            shift = (leaf.detach() - alpha * grad.sign()).clamp_(-eps, eps)
+            loss_sum += loss.detach()
+        delta.index_copy_(0, index, shift.expand_as(x).to(delta.dtype))
+        on_batch(loss_sum, index.numel())
+    return loss_sum
+
+
 def perturb_classwise(
     surrogate,
     objective: Objective,
