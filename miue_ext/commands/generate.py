@@ -126,6 +126,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "gradient summed over the pixels), instead of per pixel",
     )
     method.add_argument(
+        "--colour-cells",
+        type=int,
+        metavar="K",
+        help="with --colour-only: a K x K grid of colour shifts per image, each constant over its "
+        "block of pixels (default 1: one per image; height and width must be multiples of K)",
+    )
+    method.add_argument(
         "--surrogate-cycles",
         metavar="C|auto",
         help="split the epochs into C equal cycles, each after the first with a freshly initialised "
@@ -304,6 +311,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         random_start=args.random_start,
         colour_start=args.colour_start,
         colour_only=args.colour_only,
+        colour_cells=args.colour_cells,
         surrogate_cycles=cycles,
         stop_accuracy=stop,
         seed=args.seed,

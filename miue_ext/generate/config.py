@@ -106,6 +106,9 @@ class GenerationConfig:
     # first, and the per-image colour shift is the part of MI-UE's noise that protects there
     # (docs/evaluation.md). Not in the paper (which perturbs every pixel).
     colour_only: bool = False
+    # With colour_only: a cells x cells grid of such shifts per image (each constant over its
+    # block of pixels; the image's height and width must be multiples of it). 1: one per image.
+    colour_cells: int = 1
     # Split the E epochs into this many equal cycles; each later cycle starts from a freshly
     # initialised surrogate with the lr back at its start (cosine per cycle). Every victim learns
     # from scratch, so the noise is also shaped against young networks, not only one that has
@@ -209,6 +212,11 @@ class GenerationConfig:
             "(class-wise, use the class colour control of experiments/classwise_random_poison.py)",
         )
         need(
+            isinstance(self.colour_cells, int) and self.colour_cells >= 1,
+            f"colour-cells must be an integer >= 1, got {self.colour_cells}",
+        )
+        need(self.colour_only or self.colour_cells == 1, "colour-cells needs --colour-only")
+        need(
             not (self.colour_only and self.random_start),
             "random-start draws noise per pixel, colour-only perturbs one colour per image: choose one",
         )
@@ -239,4 +247,5 @@ class GenerationConfig:
         "train_augment": False,
         "colour_start": False,
         "colour_only": False,
+        "colour_cells": 1,
     }

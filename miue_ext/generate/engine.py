@@ -10,6 +10,8 @@ Finally delta is clamped to [-eps, eps]. See ../../docs/generation.md.
 
 from __future__ import annotations
 
+import functools
+
 import os
 import time
 from dataclasses import dataclass, field
@@ -91,6 +93,11 @@ def generate(
     torchrun group (then `device` is ignored for the context's); None for a single process.
     """
     config.validate()
+    height, width = dataset.images.shape[1:3]
+    if config.colour_only and (height % config.colour_cells or width % config.colour_cells):
+        raise InputError(
+            f"--colour-cells {config.colour_cells} must divide the images' height and width ({height} x {width})"
+        )
     dev = distributed.device if distributed is not None else resolve_device(device)
     with _DeterministicMode(config.deterministic):
         return _Run(
@@ -480,7 +487,7 @@ class _Run:
         bar = self.progress.stage("perturb", plan.poison_order.numel(), cfg.steps)
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
         if cfg.colour_only:
-            perturb = steps.perturb_colour
+            perturb = functools.partial(steps.perturb_colour, cells=cfg.colour_cells)
         loss_sum, finite = None, None
         for chunk in self.store.chunks(plan.poison_order):
             on_batch = (

@@ -157,31 +157,44 @@ def perturb_colour(
     on_batch: Callable[[torch.Tensor, int], None],
     augment=None,
     flip_mask=None,
+    cells: int = 1,
 ) -> torch.Tensor:
-    """Sample-wise, one colour shift per image (--colour-only): every row of `delta` is constant
-    over its pixels, and a step moves it by alpha times the sign of its gradient summed over the
-    pixels, then projects onto the eps ball. The row is not projected onto [0, 1] (it could no
-    longer be constant); x + delta is clamped where it is used, so saturated pixels add no
-    gradient, and the written poison is clip(x + shift) - x. Same arguments as perturb_samplewise.
+    """Sample-wise colour shifts (--colour-only): every row of `delta` is a `cells` x `cells` grid
+    of blocks, each constant over its pixels (cells 1: one colour per image). A step moves each
+    block's colour by alpha times the sign of its gradient summed over the block's pixels, then
+    projects onto the eps ball. Rows are not projected onto [0, 1] (they could no longer be
+    constant); x + delta is clamped where it is used, so saturated pixels add no gradient, and
+    the written poison is clip(x + shift) - x. Other arguments as perturb_samplewise.
     """
+    height, width = images.shape[1] // cells, images.shape[2] // cells  # block size
     loss_sum = torch.zeros((), device=images.device)
     for index in batches(order, batch_size):
         x = clean_batch(images, index, flip_mask)
         y = labels.index_select(0, index)
-        shift = delta.index_select(0, index)[:, :1, :1, :]  # [B, 1, 1, C]
+        shift = delta.index_select(0, index)[:, ::height, ::width, :]  # [B, cells, cells, C]
         for _ in range(steps):
-            leaf = shift.detach().requires_grad_(True)
-            inputs = (x + leaf).clamp(0, 1)
+            raw = x + _blocks(shift, height, width)
+            inputs = raw.clamp(0, 1).requires_grad_(True)
             seen = inputs if augment is None else augment(inputs)
             with amp():
                 features, logits = surrogate(to_model_layout(seen, channels_last))
             loss = objective(features.float(), logits.float(), y)
-            (grad,) = torch.autograd.grad(loss, leaf)  # summed over the pixels by the broadcast
-            shift = (leaf.detach() - alpha * grad.sign()).clamp_(-eps, eps)
+            (grad,) = torch.autograd.grad(loss, inputs)
+            # A pixel follows its block's shift unless clipped. Masked here, not left to clamp's
+            # backward, whose value at the bounds differs between torch versions.
+            grad = grad * ((raw >= 0) & (raw <= 1))
+            block_grad = grad.unflatten(1, (cells, height)).unflatten(3, (cells, width)).sum(dim=(2, 4))
+            shift = (shift - alpha * block_grad.sign()).clamp_(-eps, eps)
             loss_sum += loss.detach()
-        delta.index_copy_(0, index, shift.expand_as(x).to(delta.dtype))
+        delta.index_copy_(0, index, _blocks(shift, height, width).to(delta.dtype))
         on_batch(loss_sum, index.numel())
     return loss_sum
+
+
+def _blocks(shift: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, K, K, C] -> [B, K * height, K * width, C]: each cell repeated over its block."""
+    b, k, _, c = shift.shape
+    return shift[:, :, None, :, None, :].expand(b, k, height, k, width, c).reshape(b, k * height, k * width, c)
 
 
 def perturb_classwise(
