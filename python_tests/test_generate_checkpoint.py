@@ -38,13 +38,14 @@ def test_checkpoint_holds_everything_needed(tmp_path):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp files left
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
-    straight = gen(config())
+@pytest.mark.parametrize("options", [{}, {"colour_only": True, "colour_cells": 2}], ids=["default", "colour-cells"])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, options):
+    straight = gen(config(**options))
     with pytest.raises(Crash):
-        gen(config(), checkpoint_dir=tmp_path, log=crash_at_epoch(3))
+        gen(config(**options), checkpoint_dir=tmp_path, log=crash_at_epoch(3))
     assert load_checkpoint(tmp_path)["epoch"] == 2
     lines = []
-    resumed = gen(config(), checkpoint_dir=tmp_path, resume=True, log=lines.append)
+    resumed = gen(config(**options), checkpoint_dir=tmp_path, resume=True, log=lines.append)
     assert lines[0].startswith("resumed from") and lines[1].startswith("epoch 3/3")
     assert torch.equal(resumed.delta, straight.delta)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
