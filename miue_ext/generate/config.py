@@ -208,8 +208,7 @@ class GenerationConfig:
         )
         need(
             not (self.colour_only and self.mode != "samplewise"),
-            "colour-only perturbs each image by its own colour shift: it needs --mode samplewise "
-            "(class-wise, use the class colour control of experiments/classwise_random_poison.py)",
+            "colour-only gives each image its own colour shift: it needs --mode samplewise",
         )
         need(
             isinstance(self.colour_cells, int) and self.colour_cells >= 1,
