@@ -11,7 +11,6 @@ Finally delta is clamped to [-eps, eps]. See ../../docs/generation.md.
 from __future__ import annotations
 
 import functools
-
 import os
 import time
 from dataclasses import dataclass, field
