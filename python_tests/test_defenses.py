@@ -53,6 +53,21 @@ def test_grayscale_is_luma_on_every_channel():
     assert np.abs(filters.grayscale(gray).astype(int) - gray).max() <= 1  # grey stays grey
 
 
+def test_mean_colour_removal_centres_each_image_and_undoes_a_colour_shift():
+    rng = np.random.default_rng(1)
+    images = rng.integers(40, 216, (4, 8, 8, 3), dtype=np.uint8)
+    out = filters.mean_colour_removal(images)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    means = out.astype(np.float64).mean(axis=(1, 2))
+    assert np.abs(means - 128).max() <= 0.5  # every channel of every image centred at mid-grey
+    expected = np.rint(images - images.astype(np.float64).mean(axis=(1, 2), keepdims=True) + 128)
+    assert np.abs(out - expected).max() <= 1e-9  # rounding of float32 vs float64 means agrees here
+    shifted = (images.astype(np.int16) + np.array([8, -8, 5], np.int16)).astype(np.uint8)  # no clipping: 40..215
+    assert np.array_equal(filters.mean_colour_removal(shifted), out)  # the colour shift is gone
+    dark = np.zeros((1, 4, 4, 1), np.uint8)
+    assert np.array_equal(filters.mean_colour_removal(dark), np.full_like(dark, 128))
+
+
 @pytest.mark.parametrize("bits, levels", [(1, {0, 255}), (2, {0, 85, 170, 255}), (3, None)])
 def test_bit_depth_reduction_keeps_2_to_the_bits_levels(bits, levels):
     images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
@@ -229,6 +244,7 @@ def test_random_crop_flip_keeps_the_victims_random_stream():
         ("jpeg", "jpeg:10"),
         ("jpeg:50", "jpeg:50"),
         ("grayscale", "grayscale"),
+        ("meancolour", "meancolour"),
         ("bdr", "bdr:2"),
         ("bdr:4", "bdr:4"),
         ("blur", "blur:1"),
@@ -242,10 +258,12 @@ def test_parse_defense_canonical_names(spec, canonical):
     assert defense.spec == canonical
     if canonical.startswith("at"):
         assert defense.adversarial_eps == pytest.approx(float(canonical[3:]) / 255)
-    assert (defense.test_filter is not None) == (canonical == "grayscale")
+    assert (defense.test_filter is not None) == (canonical in ("grayscale", "meancolour"))
 
 
-@pytest.mark.parametrize("spec", ["jpeg:0", "jpeg:abc", "bdr:9", "at:-1", "blur:99", "cutout:3", "median", ""])
+@pytest.mark.parametrize(
+    "spec", ["jpeg:0", "jpeg:abc", "bdr:9", "at:-1", "blur:99", "cutout:3", "meancolour:2", "median", ""]
+)
 def test_parse_defense_rejects_bad_specs(spec):
     with pytest.raises(InputError):
         parse_defense(spec)

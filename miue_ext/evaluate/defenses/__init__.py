@@ -6,13 +6,14 @@
     mixup         convex combination of two images and their labels, weight ~ Beta(1, 1)
     jpeg:Q        JPEG-compress the training images at quality Q (default 10)
     grayscale     train and test on grayscale images (luma replicated to every channel)
+    meancolour    train and test on images whose mean colour is moved to mid-grey (per image)
     bdr:BITS      bit-depth reduction of the training images to BITS bits (default 2)
     blur:SIGMA    Gaussian blur of the training images (default sigma 1.0)
     at:EPS        adversarial training, PGD-10 with step EPS/4, EPS in 1/255 units (default 8)
 
 Filters (jpeg, bdr, blur) squeeze the training set once, before training; the clean test
 set is left as it is. Grayscale changes the model's input domain, so it applies to the test
-set as well (a grayscale model is tested on grayscale images). Standard augmentation always
+set as well (a grayscale model is tested on grayscale images); so does meancolour. Standard augmentation always
 applies; the batch defenses (cutout, cutmix, mixup) and adversarial examples come after it.
 """
 
@@ -26,7 +27,18 @@ import numpy as np
 from miue_ext.errors import InputError
 from miue_ext.evaluate.defenses import filters, mixing
 
-DEFENSE_NAMES = ("none", "cutout", "cutmix", "mixup", "jpeg:Q", "grayscale", "bdr:BITS", "blur:SIGMA", "at:EPS")
+DEFENSE_NAMES = (
+    "none",
+    "cutout",
+    "cutmix",
+    "mixup",
+    "jpeg:Q",
+    "grayscale",
+    "meancolour",
+    "bdr:BITS",
+    "blur:SIGMA",
+    "at:EPS",
+)
 
 
 @dataclass
@@ -39,7 +51,7 @@ class Defense:
     params: dict = field(default_factory=dict)
 
     def test_view(self, images: np.ndarray) -> np.ndarray:
-        """The test images as the victim is tested on them (grayscale filters them too)."""
+        """The test images as the victim is tested on them (grayscale and meancolour filter them too)."""
         return images if self.test_filter is None else self.test_filter(images)
 
 
@@ -59,7 +71,7 @@ def parse_defense(spec: str) -> Defense:
     """Turn `--defense SPEC` into a Defense; an unknown name or a bad value is an InputError."""
     name, _, value = spec.partition(":")
     name = name.strip().lower()
-    if value and name in ("none", "cutout", "cutmix", "mixup", "grayscale"):
+    if value and name in ("none", "cutout", "cutmix", "mixup", "grayscale", "meancolour"):
         raise InputError(f"--defense {name} takes no value (got {spec!r})")
     if name == "none":
         return Defense("none")
@@ -67,6 +79,8 @@ def parse_defense(spec: str) -> Defense:
         return Defense(name, mix=getattr(mixing, name))
     if name == "grayscale":
         return Defense(name, train_filter=filters.grayscale, test_filter=filters.grayscale)
+    if name == "meancolour":  # against a per-image colour shift (--colour-only), the adaptive defense
+        return Defense(name, train_filter=filters.mean_colour_removal, test_filter=filters.mean_colour_removal)
     if name == "jpeg":
         quality = _number(name, value, int, 1, 95, 10)
         return Defense(

@@ -40,6 +40,14 @@ def grayscale(images: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], images.shape[3], axis=3)
 
 
+def mean_colour_removal(images: np.ndarray) -> np.ndarray:
+    """Each image's mean colour moved to mid-grey: x - mean(x) + 128 per channel, clipped. A global
+    colour shift of the image is gone (up to clipping), and with it whatever colour told the classes apart."""
+    x = images.astype(np.float32)
+    centred = x - x.mean(axis=(1, 2), keepdims=True) + 128.0
+    return np.clip(np.rint(centred), 0, 255).astype(np.uint8)
+
+
 def bit_depth_reduction(images: np.ndarray, bits: int) -> np.ndarray:
     """Keep 2**bits evenly spaced levels per channel (0 and 255 included)."""
     levels = 2**bits - 1
