@@ -95,6 +95,17 @@ def train_epoch(
     return loss_sum, correct
 
 
+def _objective_and_grad(surrogate, objective, inputs, wrt, labels, augment, amp, channels_last):
+    """The objective on the surrogate's view of `inputs` (`augment`'s random view, if any) and its
+    gradient with respect to `wrt`: the inputs themselves, or the delta they were made from."""
+    seen = inputs if augment is None else augment(inputs)
+    with amp():
+        features, logits = surrogate(to_model_layout(seen, channels_last))
+    loss = objective(features.float(), logits.float(), labels)
+    (grad,) = torch.autograd.grad(loss, wrt)
+    return loss, grad
+
+
 def perturb_samplewise(
     surrogate,
     objective: Objective,
@@ -128,11 +139,7 @@ def perturb_samplewise(
         y = labels.index_select(0, index)
         for _ in range(steps):
             inputs = (x + delta.index_select(0, index)).requires_grad_(True)
-            seen = inputs if augment is None else augment(inputs)
-            with amp():
-                features, logits = surrogate(to_model_layout(seen, channels_last))
-            loss = objective(features.float(), logits.float(), y)
-            (grad,) = torch.autograd.grad(loss, inputs)
+            loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
             # In place on delta[index]; check_index=False: indices come from a permutation of
             # range(N), and the check would synchronise with the host on every step.
             ops.pgd_update_indexed_(delta, index, x, grad, alpha, eps, check_index=False)
@@ -175,11 +182,7 @@ def perturb_colour(
         for _ in range(steps):
             raw = x + _blocks(shift, height, width)
             inputs = raw.clamp(0, 1).requires_grad_(True)
-            seen = inputs if augment is None else augment(inputs)
-            with amp():
-                features, logits = surrogate(to_model_layout(seen, channels_last))
-            loss = objective(features.float(), logits.float(), y)
-            (grad,) = torch.autograd.grad(loss, inputs)
+            loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
             # A pixel follows its block's shift unless clipped. Masked here, not left to clamp's
             # backward, whose value at the bounds differs between torch versions.
             grad = grad * ((raw >= 0) & (raw <= 1))
@@ -226,12 +229,7 @@ def perturb_classwise(
         for _ in range(steps):
             leaf = delta.detach().requires_grad_(True)
             inputs = (x + leaf.index_select(0, y)).clamp(0, 1)
-            if augment is not None:
-                inputs = augment(inputs)
-            with amp():
-                features, logits = surrogate(to_model_layout(inputs, channels_last))
-            loss = objective(features.float(), logits.float(), y)
-            (grad,) = torch.autograd.grad(loss, leaf)
+            loss, grad = _objective_and_grad(surrogate, objective, inputs, leaf, y, augment, amp, channels_last)
             delta.sub_(grad.sign(), alpha=alpha).clamp_(-eps, eps)  # classes not in the batch: grad 0
             loss_sum += loss.detach()
         on_batch(loss_sum, index.numel())
