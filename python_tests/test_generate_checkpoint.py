@@ -38,7 +38,11 @@ def test_checkpoint_holds_everything_needed(tmp_path):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp files left
 
 
-@pytest.mark.parametrize("options", [{}, {"colour_only": True, "colour_cells": 2}], ids=["default", "colour-cells"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"colour_only": True, "colour_cells": 2}, {"surrogate_view": "mixed"}],
+    ids=["default", "colour-cells", "mixed-view"],
+)
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, options):
     straight = gen(config(**options))
     with pytest.raises(Crash):

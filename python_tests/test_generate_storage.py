@@ -64,6 +64,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         {"colour_start": True},
         {"colour_start": True, "mode": "classwise"},
         {"colour_only": True, "colour_start": True, "perturb_flip": True},
+        {"surrogate_view": "mixed", "perturb_augment": True},
     ],
     ids=[
         "default",
@@ -74,6 +75,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         "colour",
         "colour-classwise",
         "colour-only",
+        "mixed-view",
     ],
 )
 def test_stream_float32_equals_resident(options):

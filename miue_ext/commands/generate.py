@@ -133,6 +133,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "block of pixels (default 1: one per image; height and width must be multiples of K)",
     )
     method.add_argument(
+        "--surrogate-view",
+        choices=("raw", "meancolour", "mixed"),
+        help="what the surrogate sees of x + delta, in training and in every perturbation step: raw "
+        "(the default); meancolour, each image's mean colour moved to mid-grey (evaluate's --defense "
+        "meancolour), so that the noise protects through texture rather than colour; mixed, each "
+        "image either way with probability 1/2, drawn afresh at every batch and step",
+    )
+    method.add_argument(
         "--surrogate-cycles",
         metavar="C|auto",
         help="split the epochs into C equal cycles, each after the first with a freshly initialised "
@@ -312,6 +320,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         colour_start=args.colour_start,
         colour_only=args.colour_only,
         colour_cells=args.colour_cells,
+        surrogate_view=args.surrogate_view,
         surrogate_cycles=cycles,
         stop_accuracy=stop,
         seed=args.seed,

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from miue_ext.errors import InputError
+from miue_ext.generate.surrogate_view import SURROGATE_VIEWS
 
 STORAGES = ("auto", "resident", "stream")  # see generate/storage.py
 STREAM_DTYPES = ("float16", "float32")
@@ -109,6 +110,11 @@ class GenerationConfig:
     # With colour_only: a cells x cells grid of such shifts per image (each constant over its
     # block of pixels; the image's height and width must be multiples of it). 1: one per image.
     colour_cells: int = 1
+    # What the surrogate sees of x + delta, in training and perturbation (generate/surrogate_view.py):
+    # "raw", "meancolour": each image's mean colour moved to mid-grey, so that the perturbation must
+    # protect through texture, which survives `evaluate --defense meancolour`, or "mixed": each image
+    # either way with probability 1/2 at every batch and step. Not in the paper.
+    surrogate_view: str = "raw"
     # Split the E epochs into this many equal cycles; each later cycle starts from a freshly
     # initialised surrogate with the lr back at its start (cosine per cycle). Every victim learns
     # from scratch, so the noise is also shaped against young networks, not only one that has
@@ -219,6 +225,15 @@ class GenerationConfig:
             not (self.colour_only and self.random_start),
             "random-start draws noise per pixel, colour-only perturbs one colour per image: choose one",
         )
+        need(
+            self.surrogate_view in SURROGATE_VIEWS,
+            f"surrogate-view must be one of {', '.join(SURROGATE_VIEWS)}, not {self.surrogate_view!r}",
+        )
+        need(
+            not (self.colour_only and self.colour_cells == 1 and self.surrogate_view == "meancolour"),
+            "colour-only with one cell shifts the mean colour only, which the meancolour surrogate view removes: "
+            "choose one",
+        )
         need(self.stop_accuracy is None or 0 < self.stop_accuracy <= 1, "stop accuracy must be in (0, 1]")
         need(self.storage in STORAGES, f"storage must be one of {', '.join(STORAGES)}, not {self.storage!r}")
         need(
@@ -247,4 +262,5 @@ class GenerationConfig:
         "colour_start": False,
         "colour_only": False,
         "colour_cells": 1,
+        "surrogate_view": "raw",
     }

@@ -30,6 +30,7 @@ from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.epoch_plan import epoch_generator, owned_count, plan_epoch
 from miue_ext.generate.objectives import make_objective
 from miue_ext.generate.progress import Progress
+from miue_ext.generate.surrogate_view import fixed_view
 from miue_ext.models import DEFAULT_SURROGATE, MODEL_NAMES, REGISTRY, FeatureSurrogate, build_model
 from miue_ext.runtime import resolve_device
 
@@ -559,6 +560,7 @@ class _Run:
                     cfg.poison_batch_size,
                     self.amp,
                     cfg.channels_last,
+                    view=fixed_view(cfg.surrogate_view),
                 ).item()
                 * chunk.order.numel()
             )

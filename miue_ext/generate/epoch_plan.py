@@ -18,7 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from typing import Callable
+
 from miue_ext.augment import RandomShiftFlip
+from miue_ext.generate.surrogate_view import with_view
 
 
 def epoch_generator(seed: int, epoch: int, stage: int, rank: int | None = None) -> torch.Generator:
@@ -26,6 +29,12 @@ def epoch_generator(seed: int, epoch: int, stage: int, rank: int | None = None) 
     that owns its samples draws its own stream."""
     base = (seed * 1_000_003 + epoch) * 4 + stage
     return torch.Generator().manual_seed(base if rank is None else (base * 1_009 + rank + 1) % 2**63)
+
+
+def view_generator(seed: int, epoch: int, stage: int, rank: int | None = None) -> torch.Generator:
+    """The draws of the mixed surrogate view: a stream apart from the stage's own (shuffles,
+    augmentation), so that adding the view changes none of them."""
+    return torch.Generator().manual_seed(epoch_generator(seed, epoch, stage, rank).initial_seed() ^ (1 << 62))
 
 
 @dataclass
@@ -38,8 +47,8 @@ class EpochPlan:
     poison_order: torch.Tensor
     poison_batches: int  # perturbation batches of the epoch over all ranks
     perturb_flips: torch.Tensor | None  # per store row: flip the clean image while perturbing
-    augment: RandomShiftFlip | None  # the perturbation steps' view of x + delta
-    train_augment: RandomShiftFlip | None = None  # the surrogate's training view of x + delta
+    augment: Callable | None  # the perturbation steps' view of x + delta (None: x + delta itself)
+    train_augment: Callable | None = None  # the surrogate's training view of x + delta
 
 
 def owned_count(n: int, rank: int, world_size: int) -> int:
@@ -62,6 +71,9 @@ def plan_epoch(config, epoch: int, n: int, device: torch.device, ctx=None, owned
     batches = -(-rows // config.poison_batch_size)
     # Stage 0 of epochs >= 1 is free (epoch 0's stage 0 draws the random start).
     train_augment = RandomShiftFlip(epoch_generator(config.seed, epoch, 0, rank)) if config.train_augment else None
+    view = config.surrogate_view
+    augment = with_view(view, augment, view_generator(config.seed, epoch, 2, rank))
+    train_augment = with_view(view, train_augment, view_generator(config.seed, epoch, 0, rank))
     plan = EpochPlan(order, order, config.batch_size, n, flips, order, batches, perturb_flips, augment, train_augment)
     if ctx is None:
         return plan

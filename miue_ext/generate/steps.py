@@ -238,14 +238,17 @@ def perturb_classwise(
 
 @torch.no_grad()
 def poisoned_accuracy(
-    surrogate, images, labels, delta, classwise: bool, batch_size: int, amp, channels_last: bool
+    surrogate, images, labels, delta, classwise: bool, batch_size: int, amp, channels_last: bool, view=None
 ) -> torch.Tensor:
-    """Accuracy of the surrogate (eval mode) on the poisoned training set, as a device scalar."""
+    """Accuracy of the surrogate (eval mode) on the poisoned training set (through `view`, the
+    surrogate's view of x + delta, if given), as a device scalar."""
     surrogate.eval()
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     order = torch.arange(images.shape[0], device=images.device)
     for index in batches(order, batch_size):
         inputs, y = perturbed_batch(images, labels, delta, classwise, index)
+        if view is not None:
+            inputs = view(inputs)
         with amp():
             _, logits = surrogate(to_model_layout(inputs, channels_last))
         correct += (logits.argmax(1) == y).sum()
