@@ -15,10 +15,9 @@ they index the rank's own samples (row j is sample r + j * W).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-
-from typing import Callable
 
 from miue_ext.augment import RandomShiftFlip
 from miue_ext.generate.surrogate_view import with_view

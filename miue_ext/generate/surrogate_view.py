@@ -17,8 +17,6 @@ from typing import Callable
 import torch
 
 SURROGATE_VIEWS = ("raw", "meancolour", "mixed")
-
-
 MID_GREY = 128 / 255  # the defense's level, so that the surrogate sees what a defended victim sees
 
 
