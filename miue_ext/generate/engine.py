@@ -463,7 +463,7 @@ class _Run:
                 cfg.channels_last,
                 on_batch,
                 clamp=cfg.train_clamp,
-                augment=plan.train_augment,
+                augment=plan.train_view,
             )
             loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
             correct = chunk_correct if correct is None else correct + chunk_correct
@@ -507,7 +507,7 @@ class _Run:
                 self.amp,
                 cfg.channels_last,
                 on_batch,
-                augment=plan.augment,
+                augment=plan.perturb_view,
                 flip_mask=chunk.local(plan.perturb_flips),
             )
             if self.store.streamed:  # checked before the rows leave the device

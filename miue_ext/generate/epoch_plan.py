@@ -46,8 +46,10 @@ class EpochPlan:
     poison_order: torch.Tensor
     poison_batches: int  # perturbation batches of the epoch over all ranks
     perturb_flips: torch.Tensor | None  # per store row: flip the clean image while perturbing
-    augment: Callable | None  # the perturbation steps' view of x + delta (None: x + delta itself)
-    train_augment: Callable | None = None  # the surrogate's training view of x + delta
+    # What the surrogate sees of x + delta (--surrogate-view, then --augment-*'s shift and flip;
+    # None: x + delta itself), in the perturbation steps and in training
+    perturb_view: Callable | None
+    train_view: Callable | None = None
 
 
 def owned_count(n: int, rank: int, world_size: int) -> int:
@@ -71,9 +73,9 @@ def plan_epoch(config, epoch: int, n: int, device: torch.device, ctx=None, owned
     # Stage 0 of epochs >= 1 is free (epoch 0's stage 0 draws the random start).
     train_augment = RandomShiftFlip(epoch_generator(config.seed, epoch, 0, rank)) if config.train_augment else None
     view = config.surrogate_view
-    augment = with_view(view, augment, view_generator(config.seed, epoch, 2, rank))
-    train_augment = with_view(view, train_augment, view_generator(config.seed, epoch, 0, rank))
-    plan = EpochPlan(order, order, config.batch_size, n, flips, order, batches, perturb_flips, augment, train_augment)
+    perturb_view = with_view(view, augment, view_generator(config.seed, epoch, 2, rank))
+    train_view = with_view(view, train_augment, view_generator(config.seed, epoch, 0, rank))
+    plan = EpochPlan(order, order, config.batch_size, n, flips, order, batches, perturb_flips, perturb_view, train_view)
     if ctx is None:
         return plan
     world = ctx.world_size

@@ -96,8 +96,9 @@ def train_epoch(
 
 
 def _objective_and_grad(surrogate, objective, inputs, wrt, labels, augment, amp, channels_last):
-    """The objective on the surrogate's view of `inputs` (`augment`'s random view, if any) and its
-    gradient with respect to `wrt`: the inputs themselves, or the delta they were made from."""
+    """The objective on the surrogate's view of `inputs` (`augment`: the --surrogate-view filter
+    and/or a random shift and flip, if any) and its gradient with respect to `wrt`: the inputs
+    themselves, or the delta they were made from."""
     seen = inputs if augment is None else augment(inputs)
     with amp():
         features, logits = surrogate(to_model_layout(seen, channels_last))
