@@ -40,8 +40,8 @@ def test_checkpoint_holds_everything_needed(tmp_path):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"colour_only": True, "colour_cells": 2}, {"surrogate_view": "mixed"}],
-    ids=["default", "colour-cells", "mixed-view"],
+    [{}, {"colour_only": True, "colour_cells": 2}, {"surrogate_view": "mixed"}, {"colour_curve": 3}],
+    ids=["default", "colour-cells", "mixed-view", "colour-curve"],
 )
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, options):
     straight = gen(config(**options))

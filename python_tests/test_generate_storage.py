@@ -65,6 +65,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         {"colour_start": True, "mode": "classwise"},
         {"colour_only": True, "colour_start": True, "perturb_flip": True},
         {"surrogate_view": "mixed", "perturb_augment": True},
+        {"colour_curve": 3},
     ],
     ids=[
         "default",
@@ -76,6 +77,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         "colour-classwise",
         "colour-only",
         "mixed-view",
+        "colour-curve",
     ],
 )
 def test_stream_float32_equals_resident(options):

@@ -133,6 +133,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "block of pixels (default 1: one per image; height and width must be multiples of K)",
     )
     method.add_argument(
+        "--colour-curve",
+        type=int,
+        metavar="K",
+        help="sample-wise: perturb each image by a tone curve per channel, a function of each "
+        "pixel's clean value, piecewise linear through K knots (2-64), which survives crop and flip "
+        "like a colour shift and can also change contrast (default: per-pixel noise)",
+    )
+    method.add_argument(
         "--surrogate-view",
         choices=("raw", "meancolour", "mixed"),
         help="what the surrogate sees of x + delta, in training and in every perturbation step: raw "
@@ -320,6 +328,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         colour_start=args.colour_start,
         colour_only=args.colour_only,
         colour_cells=args.colour_cells,
+        colour_curve=args.colour_curve,
         surrogate_view=args.surrogate_view,
         surrogate_cycles=cycles,
         stop_accuracy=stop,

@@ -110,6 +110,10 @@ class GenerationConfig:
     # With colour_only: a cells x cells grid of such shifts per image (each constant over its
     # block of pixels; the image's height and width must be multiples of it). 1: one per image.
     colour_cells: int = 1
+    # Sample-wise only, >= 2: each image's perturbation is a tone curve per channel, a function of
+    # the clean pixel's value through this many knots (generate/colour_curve.py); it survives crop
+    # and flip like a colour shift and can also change contrast. 0: off. Not in the paper.
+    colour_curve: int = 0
     # What the surrogate sees of x + delta, in training and perturbation (generate/surrogate_view.py):
     # "raw", "meancolour": each image's mean colour moved to mid-grey, so that the perturbation must
     # protect through texture, which survives `evaluate --defense meancolour`, or "mixed": each image
@@ -222,6 +226,22 @@ class GenerationConfig:
         )
         need(self.colour_only or self.colour_cells == 1, "colour-cells needs --colour-only")
         need(
+            isinstance(self.colour_curve, int) and (self.colour_curve == 0 or 2 <= self.colour_curve <= 64),
+            f"colour-curve (knots per tone curve) must be an integer from 2 to 64, or 0 for off; got {self.colour_curve}",
+        )
+        if self.colour_curve:
+            need(
+                self.mode == "samplewise",
+                "colour-curve gives each image its own tone curves: it needs --mode samplewise",
+            )
+            need(not self.colour_only, "colour-only and colour-curve are two kinds of perturbation: choose one")
+            need(not self.random_start, "random-start draws noise per pixel, not a tone curve: choose one")
+            need(not self.colour_start, "colour-start starts from a constant shift, not a tone curve: choose one")
+            need(
+                not self.perturb_flip,
+                "perturb-flip flips the clean image under an unflipped delta, which breaks the tone curve: choose one",
+            )
+        need(
             not (self.colour_only and self.random_start),
             "random-start draws noise per pixel, colour-only perturbs one colour per image: choose one",
         )
@@ -263,4 +283,5 @@ class GenerationConfig:
         "colour_only": False,
         "colour_cells": 1,
         "surrogate_view": "raw",
+        "colour_curve": 0,
     }

@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from miue_ext.datasets import ImageDataset
 from miue_ext.errors import InputError, NonFiniteLossError
 from miue_ext.generate import checkpoint as ckpt
 from miue_ext.generate import steps, storage
+from miue_ext.generate.colour_curve import perturb_colour_curve
 from miue_ext.generate.colour_start import class_colour_offsets
 from miue_ext.generate.config import GenerationConfig
 from miue_ext.generate.epoch_plan import epoch_generator, owned_count, plan_epoch
@@ -39,7 +40,7 @@ from miue_ext.runtime import resolve_device
 class GenerationResult:
     # Fractions within [-eps, eps], [N, H, W, C]: a float32 CPU tensor, or for a streamed run the
     # memory-mapped NumPy array of its delta file (read it in rows: storage.iter_rows).
-    delta: "torch.Tensor | np.ndarray"
+    delta: torch.Tensor | np.ndarray
     history: list[dict] = field(default_factory=list)  # one record per epoch run
     seconds: float = 0.0  # wall time of all runs, resumed ones included
     device: str = "cpu"
@@ -488,6 +489,8 @@ class _Run:
         perturb = steps.perturb_classwise if classwise else steps.perturb_samplewise
         if cfg.colour_only:
             perturb = functools.partial(steps.perturb_colour, cells=cfg.colour_cells)
+        if cfg.colour_curve:
+            perturb = functools.partial(perturb_colour_curve, knots=cfg.colour_curve)
         loss_sum, finite = None, None
         for chunk in self.store.chunks(plan.poison_order):
             on_batch = (
