@@ -10,7 +10,7 @@ import torch
 from miue_ext.cli import main
 from miue_ext.errors import InputError
 from miue_ext.generate import GenerationConfig, generate
-from miue_ext.generate.colour_curve import curve, hat_basis, knot_gradient, perturb_colour_curve
+from miue_ext.generate.colour_curve import curve, knot_gradient, knot_positions, perturb_colour_curve
 from miue_ext.generate.objectives import make_objective
 from miue_ext.models import FeatureSurrogate, build_model
 from miue_ext.poison_file import load_poison, quantize
@@ -33,9 +33,10 @@ def test_the_curve_is_the_linear_interpolation_through_its_knots(knots):
     x = nchw.permute(0, 2, 3, 1)  # NHWC, not contiguous
     assert not x.is_contiguous()
     values = torch.randn(3, knots, 3, dtype=torch.float64)
-    basis = hat_basis(x, knots)
-    torch.testing.assert_close(basis.sum(0), torch.ones_like(x), rtol=0, atol=1e-12)
-    got = curve(basis, values)
+    position = knot_positions(x, knots)
+    ones = torch.ones(3, knots, 3, dtype=torch.float64)  # the weights at a pixel sum to 1
+    torch.testing.assert_close(curve(position, ones), torch.ones_like(x), rtol=0, atol=1e-12)
+    got = curve(position, values)
     for i in range(3):
         for c in range(3):
             want = interpolate(x[i, ..., c].numpy(), values[i, :, c].numpy())
@@ -44,12 +45,12 @@ def test_the_curve_is_the_linear_interpolation_through_its_knots(knots):
 
 def test_the_knot_gradient_is_the_gradient_of_the_curve():
     x = torch.rand(2, 4, 5, 3, dtype=torch.float64)
-    basis = hat_basis(x, 5)
+    position = knot_positions(x, 5)
     values = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     pixel_grad = torch.randn(2, 4, 5, 3, dtype=torch.float64)
-    (want,) = torch.autograd.grad((curve(basis, values) * pixel_grad).sum(), values)
-    torch.testing.assert_close(knot_gradient(basis, pixel_grad), want, rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda v: curve(basis, v), (values,))
+    (want,) = torch.autograd.grad((curve(position, values) * pixel_grad).sum(), values)
+    torch.testing.assert_close(knot_gradient(position, pixel_grad, 5), want, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda v: curve(position, v), (values,))
 
 
 def reference_step(model, objective, x, y, start, knots, alpha, eps):

@@ -23,22 +23,29 @@ from miue_ext.generate.objectives import Objective
 from miue_ext.generate.steps import _objective_and_grad, batches, clean_batch
 
 
-def hat_basis(x: torch.Tensor, knots: int) -> torch.Tensor:
-    """[B, H, W, C] values in [0, 1] -> [K, B, H, W, C]: the weight of each knot at each pixel
-    (linear interpolation between the two knots around the value; the K weights sum to 1)."""
-    position = x * (knots - 1)
-    index = torch.arange(knots, device=x.device, dtype=x.dtype).view(-1, 1, 1, 1, 1)
-    return (1 - (position.unsqueeze(0) - index).abs()).clamp_(min=0)
+def knot_positions(x: torch.Tensor, knots: int) -> torch.Tensor:
+    """Each pixel value in [0, 1] as a position on the knot axis, 0 .. knots - 1."""
+    return x * (knots - 1)
 
 
-def curve(basis: torch.Tensor, knot_values: torch.Tensor) -> torch.Tensor:
-    """The tone curves [B, K, C] evaluated at every pixel of `basis` [K, B, H, W, C]."""
-    return (basis * knot_values.permute(1, 0, 2)[:, :, None, None, :]).sum(0)
+def _hat(position: torch.Tensor, knot: int) -> torch.Tensor:
+    """Knot `knot`'s interpolation weight at every pixel (1 on the knot, 0 from its neighbours on)."""
+    return (1 - (position - knot).abs()).clamp_(min=0)
 
 
-def knot_gradient(basis: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+# One knot at a time, not a [K, B, H, W, C] basis: for large images the basis would not fit.
+def curve(position: torch.Tensor, knot_values: torch.Tensor) -> torch.Tensor:
+    """The tone curves [B, K, C] at every pixel of `position` [B, H, W, C] (linear interpolation
+    between the two knots around each value)."""
+    total = torch.zeros_like(position, dtype=knot_values.dtype)
+    for knot in range(knot_values.shape[1]):
+        total += knot_values[:, knot, None, None, :] * _hat(position, knot)
+    return total
+
+
+def knot_gradient(position: torch.Tensor, grad: torch.Tensor, knots: int) -> torch.Tensor:
     """d loss / d knot values [B, K, C], from the gradient [B, H, W, C] at the pixels."""
-    return (basis * grad.unsqueeze(0)).sum(dim=(2, 3)).permute(1, 0, 2)
+    return torch.stack([(grad * _hat(position, knot)).sum(dim=(1, 2)) for knot in range(knots)], dim=1)
 
 
 def perturb_colour_curve(
@@ -69,18 +76,18 @@ def perturb_colour_curve(
         x = clean_batch(images, index)
         y = labels.index_select(0, index)
         start = delta.index_select(0, index).float()
-        basis = hat_basis(x, knots)
+        position = knot_positions(x, knots)
         # An added curve beyond +-2 eps is clamped away everywhere, whatever the start.
         knot_values = torch.zeros(x.shape[0], knots, x.shape[3], device=x.device)
 
         def rows() -> torch.Tensor:
-            shifted = (start + curve(basis, knot_values)).clamp_(-eps, eps)
+            shifted = (start + curve(position, knot_values)).clamp_(-eps, eps)
             return (x + shifted).clamp_(0, 1) - x
 
         for _ in range(steps):
             inputs = (x + rows()).requires_grad_(True)
             loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
-            step = knot_gradient(basis, grad).sign_().mul_(alpha)
+            step = knot_gradient(position, grad, knots).sign_().mul_(alpha)
             knot_values = (knot_values - step).clamp_(-2 * eps, 2 * eps)
             loss_sum += loss.detach()
         delta.index_copy_(0, index, rows().to(delta.dtype))

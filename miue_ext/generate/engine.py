@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from miue_ext.runtime import resolve_device
 class GenerationResult:
     # Fractions within [-eps, eps], [N, H, W, C]: a float32 CPU tensor, or for a streamed run the
     # memory-mapped NumPy array of its delta file (read it in rows: storage.iter_rows).
-    delta: torch.Tensor | np.ndarray
+    delta: "torch.Tensor | np.ndarray"
     history: list[dict] = field(default_factory=list)  # one record per epoch run
     seconds: float = 0.0  # wall time of all runs, resumed ones included
     device: str = "cpu"
