@@ -53,36 +53,43 @@ def test_the_knot_gradient_is_the_gradient_of_the_curve():
     assert torch.autograd.gradcheck(lambda v: curve(position, v), (values,))
 
 
-def reference_step(model, objective, x, y, start, knots, alpha, eps):
-    """One step from `start` written out per pixel in float64: the gradient at each pixel, each
-    knot's gradient a loop over the pixels with np.interp's weights, a sign step, then the rows
-    clamp(x + clamp(start + curve, +-eps), 0, 1) - x."""
-    rows = np.clip(x + start, 0, 1) - x  # the added curve is 0 before the step
-    inputs = torch.from_numpy(x + rows).float().requires_grad_(True)
-    features, logits = model(inputs.permute(0, 3, 1, 2).contiguous())
-    (pixel_grad,) = torch.autograd.grad(objective(features, logits, torch.from_numpy(y)), inputs)
-    pixel_grad = pixel_grad.double().numpy()
+def reference_steps(model, objective, x, y, start, knots, steps, alpha, eps):
+    """`steps` steps from `start`, written out per pixel in float64: the gradient at each pixel,
+    each knot's gradient a loop over the pixels with np.interp's weights, a sign step, the knots
+    kept within +-2 eps; the rows are clamp(x + clamp(start + curve, +-eps), 0, 1) - x."""
     batch, _, _, channels = x.shape
     knot_values = np.zeros((batch, knots, channels))
-    for i in range(batch):
-        for c in range(channels):
-            position = x[i, ..., c].ravel() * (knots - 1)
-            lower = np.minimum(np.floor(position).astype(int), knots - 2)
-            upper_weight = position - lower
-            grad = np.zeros(knots)
-            for p, g in enumerate(pixel_grad[i, ..., c].ravel()):
-                grad[lower[p]] += g * (1 - upper_weight[p])
-                grad[lower[p] + 1] += g * upper_weight[p]
-            knot_values[i, :, c] = np.clip(-alpha * np.sign(grad), -2 * eps, 2 * eps)
-    added = np.stack(
-        [np.stack([interpolate(x[i, ..., c], knot_values[i, :, c]) for c in range(channels)], -1) for i in range(batch)]
-    )
-    return np.clip(x + np.clip(start + added, -eps, eps), 0, 1) - x
+
+    def rows():
+        added = np.stack(
+            [
+                np.stack([interpolate(x[i, ..., c], knot_values[i, :, c]) for c in range(channels)], -1)
+                for i in range(batch)
+            ]
+        )
+        return np.clip(x + np.clip(start + added, -eps, eps), 0, 1) - x
+
+    for _ in range(steps):
+        inputs = torch.from_numpy(x + rows()).float().requires_grad_(True)
+        features, logits = model(inputs.permute(0, 3, 1, 2).contiguous())
+        (pixel_grad,) = torch.autograd.grad(objective(features, logits, torch.from_numpy(y)), inputs)
+        pixel_grad = pixel_grad.double().numpy()
+        for i in range(batch):
+            for c in range(channels):
+                position = x[i, ..., c].ravel() * (knots - 1)
+                lower = np.minimum(np.floor(position).astype(int), knots - 2)
+                upper_weight = position - lower
+                grad = np.zeros(knots)
+                for p, g in enumerate(pixel_grad[i, ..., c].ravel()):
+                    grad[lower[p]] += g * (1 - upper_weight[p])
+                    grad[lower[p] + 1] += g * upper_weight[p]
+                knot_values[i, :, c] = np.clip(knot_values[i, :, c] - alpha * np.sign(grad), -2 * eps, 2 * eps)
+    return rows(), knot_values
 
 
 @pytest.mark.parametrize("start", ["zero", "saturated"])
-@pytest.mark.parametrize("knots", [2, 4])
-def test_a_step_moves_each_knot_by_the_sign_of_its_gradient(start, knots):
+@pytest.mark.parametrize("knots, steps, alpha", [(2, 1, 3 / 255), (4, 1, 3 / 255), (4, 3, 7 / 255)])
+def test_steps_move_each_knot_by_the_sign_of_its_gradient(start, knots, steps, alpha):
     torch.manual_seed(0)
     data = tiny_patches(8)
     images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
@@ -93,7 +100,6 @@ def test_a_step_moves_each_knot_by_the_sign_of_its_gradient(start, knots):
     if start == "saturated":  # a previous epoch's rows, already a curve of x and at the budget in places
         rows = np.clip(x + np.clip(0.2 - x, -EPS, EPS), 0, 1) - x
     delta = torch.from_numpy(rows).float()
-    alpha = 3 / 255
     perturb_colour_curve(
         model,
         objective,
@@ -102,7 +108,7 @@ def test_a_step_moves_each_knot_by_the_sign_of_its_gradient(start, knots):
         delta,
         torch.arange(8),
         8,
-        1,
+        steps,
         alpha,
         EPS,
         contextlib.nullcontext,
@@ -110,9 +116,11 @@ def test_a_step_moves_each_knot_by_the_sign_of_its_gradient(start, knots):
         lambda *a: None,
         knots=knots,
     )
-    expected = reference_step(model, objective, x, data.labels, rows, knots, alpha, EPS)
+    expected, knot_values = reference_steps(model, objective, x, data.labels, rows, knots, steps, alpha, EPS)
     np.testing.assert_allclose(delta.numpy(), expected, rtol=0, atol=1e-6)
     assert np.abs(delta.numpy() - rows).max() > alpha / 2  # it moved
+    if steps == 3:  # three steps of 7/255 reach the +-2 eps bound of the added curve somewhere
+        assert np.isclose(np.abs(knot_values), 2 * EPS).any()
 
 
 def curve_run(data, knots=3, **overrides):
@@ -184,3 +192,28 @@ def test_the_cli_records_the_curve_and_refuses_one_knot(tmp_path, capsys):
     assert main(["generate", *TINY, "--colour-curve", "1", "--out", str(refused)]) == 2
     assert "colour-curve (knots per tone curve) must be an integer from 2 to 64" in capsys.readouterr().err
     assert not refused.exists()
+
+
+def largest_misfit(clean: np.ndarray, delta: np.ndarray, knots: int) -> float:
+    """The largest distance of an unclamped pixel's delta from the least-squares line of its
+    image, channel and segment between two knots (a curve through `knots` knots fits exactly)."""
+    worst, x = 0.0, clean.astype(np.float64) / 255
+    free = (np.abs(delta) < EPS - 1e-6) & (x + delta > 1e-6) & (x + delta < 1 - 1e-6)
+    segment = np.minimum(np.floor(x * (knots - 1)), knots - 2)
+    for i in range(len(x)):
+        for c in range(x.shape[3]):
+            for s in range(knots - 1):
+                keep = free[i, ..., c] & (segment[i, ..., c] == s)
+                values, moved = x[i, ..., c][keep], delta[i, ..., c][keep]
+                if np.unique(values).size < 3:
+                    continue
+                line = np.polyval(np.polyfit(values, moved, 1), values)
+                worst = max(worst, float(np.abs(moved - line).max()))
+    return worst
+
+
+def test_after_one_epoch_each_curve_is_piecewise_linear_through_its_knots():
+    data = tiny_patches(24)
+    delta = curve_run(data, knots=3, epochs=1, deterministic=True).delta.numpy().astype(np.float64)
+    assert largest_misfit(data.images, delta, 3) < 1e-5  # before any earlier epoch's clamp folds in
+    assert largest_misfit(data.images, delta, 2) > 1e-3  # one line does not fit three knots
