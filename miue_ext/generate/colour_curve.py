@@ -10,7 +10,13 @@ mean colour does. Not in the paper (which perturbs every pixel).
 
 Each perturbation epoch starts from the stored rows (already such a function) and adds a fresh
 curve, stepped by the sign of its gradient; the sum is clamped to +-eps and x + delta to [0, 1],
-both pointwise in x, so the stored rows stay a function of the clean values.
+both pointwise in x, so the stored rows stay a function of the clean values. Every pixel's gradient
+counts towards its knots, also where a clamp holds it (as a per-pixel step follows the gradient
+before its projection); --colour-only instead drops pixels clipped at 0 or 1.
+
+The surrogate's training flip (--flip, on by default, the authors' flip) mirrors the clean image
+under the unflipped rows, as for per-pixel noise: for a curve that puts on half the training
+batches noise that is no longer a function of the pixels under it. --no-flip avoids it.
 """
 
 from __future__ import annotations
