@@ -15,6 +15,12 @@ each class a different corner of the colour cube (at most 2^channels classes): a
 the one feature, global colour, that the victims are known to learn first on `patches`.
 --kind toward shifts every class's colour by +-eps per channel towards the mean colour of the
 nearest other class: not a shortcut but a misleading colour cue.
+--kind tile repeats one random T x T sign tile per class (--tile T, +-eps per value, half of each
+channel's signs +, so no colour shift) over the whole image, each image from its own random offset: a class texture with no fixed position, so the
+victims' crop only moves its phase (which is random anyway) and a convolution that detects the
+tile anywhere separates the classes. The sign patterns above have a fixed position, which a
+crop of up to 4 pixels breaks; this control asks whether a texture shortcut that survives the
+crop protects on a data set where the fixed-position ones buy nothing.
 --on-top adds the class pattern to the --like poison's own perturbation (then clips to +-eps)
 instead of to the clean images alone.
 """
@@ -32,7 +38,22 @@ METHOD_NAMES = {
     "signs": "classwise random sign (control)",
     "colour": "classwise colour corner (control)",
     "toward": "classwise colour toward the nearest class (control)",
+    "tile": "classwise periodic sign tile at a random offset per image (control)",
 }
+
+
+def tiled_patterns(tiles: np.ndarray, labels: np.ndarray, height: int, width: int, rng) -> np.ndarray:
+    """Each image's class tile [T, T, C] repeated over height x width from a random offset."""
+    side = tiles.shape[1]
+    reps = (height + 2 * side - 1) // side, (width + 2 * side - 1) // side
+    offsets = rng.integers(0, side, size=(len(labels), 2))
+    out = np.empty((len(labels), height, width, tiles.shape[3]))
+    for k in np.unique(labels):
+        plane = np.tile(tiles[k], reps + (1,))
+        for i in np.flatnonzero(labels == k):
+            dy, dx = offsets[i]
+            out[i] = plane[dy : dy + height, dx : dx + width]
+    return out
 
 
 def colour_shifts(kind: str, clean: np.ndarray, labels: np.ndarray, eps: float, rng) -> np.ndarray:
@@ -58,8 +79,12 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=8, help="budget in 1/255 units (default 8)")
     parser.add_argument("--block", type=int, default=1, help="side of the constant-sign blocks in pixels (default 1)")
     parser.add_argument(
-        "--kind", choices=("signs", "colour", "toward"), default="signs", help="the class pattern (default signs)"
+        "--kind",
+        choices=("signs", "colour", "toward", "tile"),
+        default="signs",
+        help="the class pattern (default signs)",
     )
+    parser.add_argument("--tile", type=int, default=4, help="--kind tile: side of the class tile in pixels (default 4)")
     parser.add_argument("--on-top", action="store_true", help="add the pattern to the --like poison's perturbation")
     parser.add_argument("--out", required=True, help="poison file to write")
     args = parser.parse_args()
@@ -79,14 +104,24 @@ def main() -> None:
     height, width = clean.shape[1:3]  # images are stored N, H, W, C
     if args.block < 1 or height % args.block or width % args.block:
         parser.error(f"--block must be a positive divisor of the image size {height}x{width}, got {args.block}")
+    if not 1 <= args.tile <= min(height, width):
+        parser.error(f"--tile must be from 1 to the image side {min(height, width)}, got {args.tile}")
     rng = np.random.default_rng(args.seed)
     eps = args.eps / 255
     grid = (int(labels.max()) + 1, height // args.block, width // args.block) + clean.shape[3:]
     if args.kind == "signs":
         patterns = rng.choice([-eps, eps], size=grid).repeat(args.block, axis=1).repeat(args.block, axis=2)
+        delta = patterns[labels]
+    elif args.kind == "tile":
+        # Half the signs of each tile and channel are +, so that it carries no colour shift: texture only.
+        signs = np.where(np.arange(args.tile**2) < args.tile**2 // 2, eps, -eps)
+        shape = (grid[0], clean.shape[3], args.tile**2)
+        flat = np.stack([[rng.permutation(signs) for _ in range(shape[1])] for _ in range(shape[0])])
+        patterns = flat.reshape(shape[:2] + (args.tile, args.tile)).transpose(0, 2, 3, 1)
+        delta = tiled_patterns(patterns, labels, height, width, rng)
     else:
         patterns = np.broadcast_to(colour_shifts(args.kind, clean, labels, eps, rng)[:, None, None, :], grid)
-    delta = patterns[labels]
+        delta = patterns[labels]
     if args.on_top:
         delta = delta + np.asarray(reference.perturbation, dtype=np.float64) / 255
     poisoned, perturbation = quantize(clean, delta, eps)
@@ -98,14 +133,13 @@ def main() -> None:
             "eps": eps,
             "eps_pixels": args.eps,
             "block": args.block,
+            "tile": args.tile if args.kind == "tile" else None,
             "kind": args.kind,
             "on_top_of": os.path.basename(args.like) if args.on_top else None,
         }
     )
     save_poison(args.out, poisoned, labels, perturbation, meta)
-    print(
-        f"wrote {args.out}: {len(labels)} images, {len(patterns)} class patterns of +-{args.eps:g}/255 in {args.block}x{args.block} blocks"
-    )
+    print(f"wrote {args.out}: {len(labels)} images, {len(patterns)} class patterns ({args.kind}) of +-{args.eps:g}/255")
 
 
 if __name__ == "__main__":

@@ -53,3 +53,34 @@ def test_on_top_adds_the_pattern_to_the_poisons_own_noise(tmp_path, monkeypatch)
     assert np.array_equal(top.perturbation.astype(int), np.clip(base + alone, -8, 8))
     assert np.all(np.abs(alone) == 8)  # the test colours are far from 0 and 255: nothing clipped
     assert top.meta["method"] == "classwise colour corner (control) on top of the --like poison"
+
+
+def test_tile_repeats_one_zero_mean_class_tile_from_a_random_offset_per_image(tmp_path, monkeypatch):
+    module = load_experiment("classwise_random_poison")
+    images, labels = two_colour_classes(12)  # mid-range colours: nothing is clipped
+    images = np.broadcast_to(images[:, :1, :1, :], (12, 16, 16, 3)).copy()
+    like = tmp_path / "like.npz"
+    write_poison(like, images, labels, eps_pixels=8)
+    monkeypatch.setattr(
+        sys, "argv", ["x", "--like", str(like), "--kind", "tile", "--tile", "4", "--out", str(tmp_path / "t.npz")]
+    )
+    module.main()
+    delta = load_poison(tmp_path / "t.npz").perturbation.astype(int)
+    assert np.all(np.abs(delta) == 8)
+    assert np.all(delta.sum(axis=(1, 2)) == 0)  # half of each channel's signs are +: no colour shift
+    offsets = []
+    for i in range(12):
+        tile = delta[i, :4, :4]
+        assert np.array_equal(delta[i], np.tile(tile, (4, 4, 1)))  # period 4 in both directions
+        same_class = delta[labels == labels[i]][0]
+        # the first image of its class, moved by some offset, gives this image's tile
+        shifts = [
+            (a, b)
+            for a in range(4)
+            for b in range(4)
+            if np.array_equal(np.roll(same_class, (-a, -b), (0, 1))[:4, :4], tile)
+        ]
+        assert shifts, "not a shifted copy of its class's tile"
+        offsets.append(shifts[0])
+    assert len(set(offsets)) > 1  # the offsets vary
+    assert not np.array_equal(delta[labels == 0][0, :4, :4], delta[labels == 1][0, :4, :4])

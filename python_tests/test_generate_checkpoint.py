@@ -40,8 +40,14 @@ def test_checkpoint_holds_everything_needed(tmp_path):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"colour_only": True, "colour_cells": 2}, {"surrogate_view": "mixed"}, {"colour_curve": 3}],
-    ids=["default", "colour-cells", "mixed-view", "colour-curve"],
+    [
+        {},
+        {"colour_only": True, "colour_cells": 2},
+        {"surrogate_view": "mixed"},
+        {"colour_curve": 3},
+        {"texture_tile": 8},
+    ],
+    ids=["default", "colour-cells", "mixed-view", "colour-curve", "texture-tile"],
 )
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, options):
     straight = gen(config(**options))

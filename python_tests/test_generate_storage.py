@@ -66,6 +66,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         {"colour_only": True, "colour_start": True, "perturb_flip": True},
         {"surrogate_view": "mixed", "perturb_augment": True},
         {"colour_curve": 3},
+        {"texture_tile": 4, "perturb_flip": True},
     ],
     ids=[
         "default",
@@ -78,6 +79,7 @@ STREAM32 = dict(storage="stream", stream_dtype="float32", chunk_rows=32)
         "colour-only",
         "mixed-view",
         "colour-curve",
+        "texture-tile",
     ],
 )
 def test_stream_float32_equals_resident(options):

@@ -141,6 +141,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "like a colour shift and can also change contrast (default: per-pixel noise)",
     )
     method.add_argument(
+        "--texture-tile",
+        type=int,
+        metavar="T",
+        help="sample-wise: perturb each image by one T x T pattern repeated over it, which the "
+        "victims' crop moves only in phase; T must divide the image size (default: per-pixel noise)",
+    )
+    method.add_argument(
         "--surrogate-view",
         choices=("raw", "meancolour", "mixed"),
         help="what the surrogate sees of x + delta, in training and in every perturbation step: raw "
@@ -329,6 +336,7 @@ def build_config(args: argparse.Namespace, device_type: str):
         colour_only=args.colour_only,
         colour_cells=args.colour_cells,
         colour_curve=args.colour_curve,
+        texture_tile=args.texture_tile,
         surrogate_view=args.surrogate_view,
         surrogate_cycles=cycles,
         stop_accuracy=stop,

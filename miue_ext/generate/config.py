@@ -114,6 +114,10 @@ class GenerationConfig:
     # the clean pixel's value through this many knots (generate/colour_curve.py); it survives crop
     # and flip like a colour shift and can also change contrast. 0: off. Not in the paper.
     colour_curve: int = 0
+    # Sample-wise only, >= 1: each image's perturbation is one T x T pattern repeated over the image
+    # (the image's height and width must be multiples of T), so the victims' crop moves only its
+    # phase and a convolution finds it anywhere; 1 is one colour shift. 0: off. Not in the paper.
+    texture_tile: int = 0
     # What the surrogate sees of x + delta, in training and perturbation (generate/surrogate_view.py):
     # "raw", "meancolour": each image's mean colour moved to mid-grey, so that the perturbation must
     # protect through texture, which survives `evaluate --defense meancolour`, or "mixed": each image
@@ -242,6 +246,20 @@ class GenerationConfig:
                 "perturb-flip flips the clean image under an unflipped delta, which breaks the tone curve: choose one",
             )
         need(
+            type(self.texture_tile) is int and self.texture_tile >= 0,
+            f"texture-tile (side of the repeated pattern in pixels) must be an integer >= 1, or 0 for off; "
+            f"got {self.texture_tile}",
+        )
+        if self.texture_tile:
+            need(
+                self.mode == "samplewise",
+                "texture-tile gives each image its own repeated pattern: it needs --mode samplewise",
+            )
+            need(not self.colour_only, "colour-only and texture-tile are two kinds of perturbation: choose one")
+            need(not self.colour_curve, "colour-curve and texture-tile are two kinds of perturbation: choose one")
+            need(not self.random_start, "random-start draws noise per pixel, not a repeated pattern: choose one")
+            need(not self.colour_start, "colour-start and texture-tile are two different starting points: choose one")
+        need(
             not (self.colour_only and self.random_start),
             "random-start draws noise per pixel, colour-only perturbs one colour per image: choose one",
         )
@@ -284,4 +302,5 @@ class GenerationConfig:
         "colour_cells": 1,
         "surrogate_view": "raw",
         "colour_curve": 0,
+        "texture_tile": 0,
     }

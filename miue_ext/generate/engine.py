@@ -99,6 +99,10 @@ def generate(
         raise InputError(
             f"--colour-cells {config.colour_cells} must divide the images' height and width ({height} x {width})"
         )
+    if config.texture_tile and (height % config.texture_tile or width % config.texture_tile):
+        raise InputError(
+            f"--texture-tile {config.texture_tile} must divide the images' height and width ({height} x {width})"
+        )
     dev = distributed.device if distributed is not None else resolve_device(device)
     with _DeterministicMode(config.deterministic):
         return _Run(
@@ -491,6 +495,8 @@ class _Run:
             perturb = functools.partial(steps.perturb_colour, cells=cfg.colour_cells)
         if cfg.colour_curve:
             perturb = functools.partial(perturb_colour_curve, knots=cfg.colour_curve)
+        if cfg.texture_tile:
+            perturb = functools.partial(steps.perturb_tile, tile=cfg.texture_tile)
         loss_sum, finite = None, None
         for chunk in self.store.chunks(plan.poison_order):
             on_batch = (

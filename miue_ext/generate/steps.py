@@ -175,22 +175,69 @@ def perturb_colour(
     the written poison is clip(x + shift) - x. Other arguments as perturb_samplewise.
     """
     height, width = images.shape[1] // cells, images.shape[2] // cells  # block size
+    return _perturb_pattern(
+        lambda rows: rows[:, ::height, ::width, :],  # [B, cells, cells, C]
+        lambda shift: _blocks(shift, height, width),
+        lambda grad: grad.unflatten(1, (cells, height)).unflatten(3, (cells, width)).sum(dim=(2, 4)),
+        surrogate, objective, images, labels, delta, order, batch_size, steps, alpha, eps, amp, channels_last,
+        on_batch, augment, flip_mask,
+    )  # fmt: skip
+
+
+def perturb_tile(
+    surrogate,
+    objective: Objective,
+    images,
+    labels,
+    delta,
+    order,
+    batch_size: int,
+    steps: int,
+    alpha: float,
+    eps: float,
+    amp,
+    channels_last: bool,
+    on_batch: Callable[[torch.Tensor, int], None],
+    augment=None,
+    flip_mask=None,
+    tile: int = 4,
+) -> torch.Tensor:
+    """Sample-wise periodic textures (--texture-tile): every row of `delta` is one `tile` x `tile`
+    pattern repeated over the image, so a crop moves only its phase. A step moves each tile value
+    by alpha times the sign of its gradient summed over the value's copies, then projects onto the
+    eps ball; [0, 1] as in perturb_colour. Other arguments as perturb_samplewise.
+    """
+    down, across = images.shape[1] // tile, images.shape[2] // tile  # copies of the tile
+    return _perturb_pattern(
+        lambda rows: rows[:, :tile, :tile, :],  # [B, tile, tile, C]
+        lambda pattern: pattern.repeat(1, down, across, 1),
+        lambda grad: grad.unflatten(1, (down, tile)).unflatten(3, (across, tile)).sum(dim=(1, 3)),
+        surrogate, objective, images, labels, delta, order, batch_size, steps, alpha, eps, amp, channels_last,
+        on_batch, augment, flip_mask,
+    )  # fmt: skip
+
+
+def _perturb_pattern(
+    read, expand, fold, surrogate, objective, images, labels, delta, order, batch_size, steps, alpha, eps, amp,
+    channels_last, on_batch, augment, flip_mask,
+) -> torch.Tensor:  # fmt: skip
+    """The signed-gradient loop of a perturbation with few parameters per image: `read` takes them
+    from stored rows, `expand` gives the full-size delta, `fold` sums a full-size gradient onto them."""
     loss_sum = torch.zeros((), device=images.device)
     for index in batches(order, batch_size):
         x = clean_batch(images, index, flip_mask)
         y = labels.index_select(0, index)
-        shift = delta.index_select(0, index)[:, ::height, ::width, :]  # [B, cells, cells, C]
+        params = read(delta.index_select(0, index))
         for _ in range(steps):
-            raw = x + _blocks(shift, height, width)
+            raw = x + expand(params)
             inputs = raw.clamp(0, 1).requires_grad_(True)
             loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
-            # A pixel follows its block's shift unless clipped. Masked here, not left to clamp's
+            # A pixel follows its parameter unless clipped. Masked here, not left to clamp's
             # backward, whose value at the bounds differs between torch versions.
             grad = grad * ((raw >= 0) & (raw <= 1))
-            block_grad = grad.unflatten(1, (cells, height)).unflatten(3, (cells, width)).sum(dim=(2, 4))
-            shift = (shift - alpha * block_grad.sign()).clamp_(-eps, eps)
+            params = (params - alpha * fold(grad).sign()).clamp_(-eps, eps)
             loss_sum += loss.detach()
-        delta.index_copy_(0, index, _blocks(shift, height, width).to(delta.dtype))
+        delta.index_copy_(0, index, expand(params).to(delta.dtype))
         on_batch(loss_sum, index.numel())
     return loss_sum
 
