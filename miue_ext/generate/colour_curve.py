@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from miue_ext.generate.objectives import Objective
-from miue_ext.generate.steps import _objective_and_grad, batches, clean_batch
+from miue_ext.generate.steps import objective_and_grad, batches, clean_batch
 
 
 def knot_positions(x: torch.Tensor, knots: int) -> torch.Tensor:
@@ -92,7 +92,7 @@ def perturb_colour_curve(
 
         for _ in range(steps):
             inputs = (x + rows()).requires_grad_(True)
-            loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
+            loss, grad = objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
             step = knot_gradient(position, grad, knots).sign_().mul_(alpha)
             knot_values = (knot_values - step).clamp_(-2 * eps, 2 * eps)
             loss_sum += loss.detach()

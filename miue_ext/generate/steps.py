@@ -95,7 +95,7 @@ def train_epoch(
     return loss_sum, correct
 
 
-def _objective_and_grad(surrogate, objective, inputs, wrt, labels, augment, amp, channels_last):
+def objective_and_grad(surrogate, objective, inputs, wrt, labels, augment, amp, channels_last):
     """The objective on the surrogate's view of `inputs` (`augment`: the --surrogate-view filter
     and/or a random shift and flip, if any) and its gradient with respect to `wrt`: the inputs
     themselves, or the delta they were made from."""
@@ -140,7 +140,7 @@ def perturb_samplewise(
         y = labels.index_select(0, index)
         for _ in range(steps):
             inputs = (x + delta.index_select(0, index)).requires_grad_(True)
-            loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
+            loss, grad = objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
             # In place on delta[index]; check_index=False: indices come from a permutation of
             # range(N), and the check would synchronise with the host on every step.
             ops.pgd_update_indexed_(delta, index, x, grad, alpha, eps, check_index=False)
@@ -231,7 +231,7 @@ def _perturb_pattern(
         for _ in range(steps):
             raw = x + expand(params)
             inputs = raw.clamp(0, 1).requires_grad_(True)
-            loss, grad = _objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
+            loss, grad = objective_and_grad(surrogate, objective, inputs, inputs, y, augment, amp, channels_last)
             # A pixel follows its parameter unless clipped. Masked here, not left to clamp's
             # backward, whose value at the bounds differs between torch versions.
             grad = grad * ((raw >= 0) & (raw <= 1))
@@ -277,7 +277,7 @@ def perturb_classwise(
         for _ in range(steps):
             leaf = delta.detach().requires_grad_(True)
             inputs = (x + leaf.index_select(0, y)).clamp(0, 1)
-            loss, grad = _objective_and_grad(surrogate, objective, inputs, leaf, y, augment, amp, channels_last)
+            loss, grad = objective_and_grad(surrogate, objective, inputs, leaf, y, augment, amp, channels_last)
             delta.sub_(grad.sign(), alpha=alpha).clamp_(-eps, eps)  # classes not in the batch: grad 0
             loss_sum += loss.detach()
         on_batch(loss_sum, index.numel())
