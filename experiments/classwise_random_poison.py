@@ -84,7 +84,9 @@ def main() -> None:
         default="signs",
         help="the class pattern (default signs)",
     )
-    parser.add_argument("--tile", type=int, default=4, help="--kind tile: side of the class tile in pixels (default 4)")
+    parser.add_argument(
+        "--tile", type=int, help="--kind tile: side of the class tile in pixels, even, dividing the image (default 4)"
+    )
     parser.add_argument("--on-top", action="store_true", help="add the pattern to the --like poison's perturbation")
     parser.add_argument("--out", required=True, help="poison file to write")
     args = parser.parse_args()
@@ -104,8 +106,15 @@ def main() -> None:
     height, width = clean.shape[1:3]  # images are stored N, H, W, C
     if args.block < 1 or height % args.block or width % args.block:
         parser.error(f"--block must be a positive divisor of the image size {height}x{width}, got {args.block}")
-    if not 1 <= args.tile <= min(height, width):
-        parser.error(f"--tile must be from 1 to the image side {min(height, width)}, got {args.tile}")
+    if args.block != 1 and args.kind != "signs":
+        parser.error(f"--block applies to --kind signs only, not to --kind {args.kind}")
+    if args.tile is not None and args.kind != "tile":
+        parser.error(f"--tile applies to --kind tile only, not to --kind {args.kind}")
+    tile = 4 if args.tile is None else args.tile
+    # Even, so that half of a tile's signs can be +; dividing the image, so that every image holds
+    # whole periods and its mean stays 0 whatever its offset.
+    if args.kind == "tile" and (tile < 2 or tile % 2 or height % tile or width % tile):
+        parser.error(f"--tile must be an even divisor of the image size {height}x{width}, got {tile}")
     rng = np.random.default_rng(args.seed)
     eps = args.eps / 255
     grid = (int(labels.max()) + 1, height // args.block, width // args.block) + clean.shape[3:]
@@ -114,10 +123,10 @@ def main() -> None:
         delta = patterns[labels]
     elif args.kind == "tile":
         # Half the signs of each tile and channel are +, so that it carries no colour shift: texture only.
-        signs = np.where(np.arange(args.tile**2) < args.tile**2 // 2, eps, -eps)
-        shape = (grid[0], clean.shape[3], args.tile**2)
+        signs = np.where(np.arange(tile**2) < tile**2 // 2, eps, -eps)
+        shape = (grid[0], clean.shape[3], tile**2)
         flat = np.stack([[rng.permutation(signs) for _ in range(shape[1])] for _ in range(shape[0])])
-        patterns = flat.reshape(shape[:2] + (args.tile, args.tile)).transpose(0, 2, 3, 1)
+        patterns = flat.reshape(shape[:2] + (tile, tile)).transpose(0, 2, 3, 1)
         delta = tiled_patterns(patterns, labels, height, width, rng)
     else:
         patterns = np.broadcast_to(colour_shifts(args.kind, clean, labels, eps, rng)[:, None, None, :], grid)
@@ -133,7 +142,7 @@ def main() -> None:
             "eps": eps,
             "eps_pixels": args.eps,
             "block": args.block,
-            "tile": args.tile if args.kind == "tile" else None,
+            "tile": tile if args.kind == "tile" else None,
             "kind": args.kind,
             "on_top_of": os.path.basename(args.like) if args.on_top else None,
         }

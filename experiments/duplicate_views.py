@@ -30,6 +30,8 @@ def build(data: str, size: int, copies: int, out_dir: str) -> None:
     """base.npz: the first `size` training images; repeated.npz: base `copies` times, copy-major;
     test.npz: the clean test split."""
     train, test = load_dataset(data, "train"), load_dataset(data, "test")
+    if copies < 1:
+        raise InputError(f"--copies must be >= 1, got {copies}")
     if not 1 <= size <= len(train):
         raise InputError(f"--size must be from 1 to {len(train)} (the training images of {data}), got {size}")
     base_images, base_labels = train.images[:size], train.labels[:size]
@@ -58,7 +60,8 @@ def combine(paths: list[str], out: str) -> None:
             )
     meta = {k: v for k, v in first.meta.items() if k not in ("history", "config", "alpha_schedule", "data")}
     seeds = [file.meta.get("seed") for file in files]
-    agree = "consistent" if len(set(map(os.path.abspath, paths))) == 1 else "independent"
+    distinct = len({file.perturbation.tobytes() for file in files})
+    agree = {1: "consistent", len(files): "independent"}.get(distinct, f"{distinct} different")
     meta.update(
         {
             "method": f"{first.meta.get('method')} repeated x{len(files)}, {agree} noise",
@@ -90,8 +93,6 @@ def main() -> None:
     args = parser.parse_args()
     try:
         if args.command == "build":
-            if args.copies < 1:
-                parser.error(f"--copies must be >= 1, got {args.copies}")
             build(args.data, args.size, args.copies, args.out_dir)
         else:
             combine(args.poisons, args.out)

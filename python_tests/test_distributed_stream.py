@@ -125,3 +125,22 @@ def test_a_colour_only_group_writes_one_colour_shift_per_owned_image(tmp_path):
     shift = np.take_along_axis(pert, np.abs(pert).argmax(1)[:, None, :], 1)  # the unclipped value
     assert np.array_equal(poison.images.reshape(SAMPLES, -1, 3), np.clip(clean.reshape(SAMPLES, -1, 3) + shift, 0, 255))
     assert (np.abs(shift) > 0).mean() > 0.9  # rank 1's rows moved too, not only rank 0's
+
+
+@pytest.mark.slow
+def test_a_texture_tile_group_writes_one_repeated_tile_per_owned_image(tmp_path):
+    """Both ranks' owned rows come back as one 4 x 4 tile repeated over the image: clip(clean + tiles)."""
+    done = torchrun(
+        [*STREAM, "--epochs", "1", "--steps", "2", "--texture-tile", "4", "--out", "poison.npz"], cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    clean = load_dataset("patches").images[:SAMPLES].astype(np.int16)
+    poison = load_poison(tmp_path / "poison.npz", clean_images=clean.astype(np.uint8))
+    height, width = clean.shape[1:3]
+    # A tile value is read where its pixel is not clipped: the largest |perturbation| among its copies.
+    copies = poison.perturbation.astype(np.int16).reshape(SAMPLES, height // 4, 4, width // 4, 4, 3)
+    by_value = copies.transpose(0, 2, 4, 5, 1, 3).reshape(SAMPLES, 4, 4, 3, -1)  # [N, 4, 4, C, copies]
+    tiles = np.take_along_axis(by_value, np.abs(by_value).argmax(-1)[..., None], -1)[..., 0]
+    repeated = np.tile(tiles, (1, height // 4, width // 4, 1))
+    assert np.array_equal(poison.images.astype(np.int16), np.clip(clean + repeated, 0, 255))
+    assert (np.abs(tiles) > 0).mean() > 0.9  # rank 1's rows moved too, not only rank 0's

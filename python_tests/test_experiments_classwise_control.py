@@ -3,6 +3,7 @@
 import sys
 
 import numpy as np
+import pytest
 
 from miue_ext.poison_file import load_poison
 
@@ -84,3 +85,24 @@ def test_tile_repeats_one_zero_mean_class_tile_from_a_random_offset_per_image(tm
         offsets.append(shifts[0])
     assert len(set(offsets)) > 1  # the offsets vary
     assert not np.array_equal(delta[labels == 0][0, :4, :4], delta[labels == 1][0, :4, :4])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--kind", "tile", "--tile", "3"], "--tile must be an even divisor of the image size 16x16, got 3"),
+        (["--kind", "tile", "--tile", "6"], "--tile must be an even divisor of the image size 16x16, got 6"),
+        (["--kind", "signs", "--tile", "4"], "--tile applies to --kind tile only"),
+        (["--kind", "tile", "--block", "2"], "--block applies to --kind signs only"),
+    ],
+)
+def test_tile_options_that_cannot_be_honoured_are_refused(tmp_path, monkeypatch, capsys, options, message):
+    module = load_experiment("classwise_random_poison")
+    images, labels = two_colour_classes(6)
+    like = tmp_path / "like.npz"
+    write_poison(like, np.broadcast_to(images[:, :1, :1, :], (6, 16, 16, 3)).copy(), labels, eps_pixels=8)
+    monkeypatch.setattr(sys, "argv", ["x", "--like", str(like), *options, "--out", str(tmp_path / "t.npz")])
+    with pytest.raises(SystemExit):
+        module.main()
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "t.npz").exists()

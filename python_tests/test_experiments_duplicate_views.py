@@ -25,6 +25,8 @@ def test_build_repeats_a_prefix_of_the_training_set(tmp_path):
     assert np.array_equal(clean_test["images"], test.images)
     with pytest.raises(InputError, match="--size must be from 1 to 2048"):
         views.build("patches", 0, 3, str(tmp_path))
+    with pytest.raises(InputError, match="--copies must be >= 1, got 0"):
+        views.build("patches", 16, 0, str(tmp_path))
 
 
 def test_combine_gives_each_copy_its_own_files_noise(tmp_path, monkeypatch):
@@ -32,14 +34,17 @@ def test_combine_gives_each_copy_its_own_files_noise(tmp_path, monkeypatch):
     labels = np.array([0, 1, 2, 0, 1, 2])
     _, noise_a = write_poison(tmp_path / "a.npz", clean, labels, seed=0)
     _, noise_b = write_poison(tmp_path / "b.npz", clean, labels, seed=1)
-    for name, parts in (("mixed", ["a", "b", "a"]), ("same", ["a", "a", "a"])):
+    for name, parts in (("mixed", ["a", "b"]), ("same", ["a", "a", "a"]), ("partly", ["a", "b", "a"])):
         argv = ["x", "combine", *(str(tmp_path / f"{p}.npz") for p in parts), "--out", str(tmp_path / f"{name}.npz")]
         monkeypatch.setattr(sys, "argv", argv)
         views.main()
-    mixed = load_poison(tmp_path / "mixed.npz", clean_images=np.concatenate([clean] * 3))  # evaluate's check
-    assert np.array_equal(mixed.perturbation, np.concatenate([noise_a, noise_b, noise_a]))
-    assert np.array_equal(mixed.labels, np.concatenate([labels] * 3))
-    assert mixed.meta["method"] == "miue repeated x3, independent noise"
+    mixed = load_poison(tmp_path / "mixed.npz", clean_images=np.concatenate([clean] * 2))  # evaluate's check
+    assert np.array_equal(mixed.perturbation, np.concatenate([noise_a, noise_b]))
+    assert np.array_equal(mixed.labels, np.concatenate([labels] * 2))
+    assert mixed.meta["method"] == "miue repeated x2, independent noise"
+    partly = load_poison(tmp_path / "partly.npz", clean_images=np.concatenate([clean] * 3))
+    assert np.array_equal(partly.perturbation, np.concatenate([noise_a, noise_b, noise_a]))
+    assert partly.meta["method"] == "miue repeated x3, 2 different noise"
     same = load_poison(tmp_path / "same.npz")
     assert np.array_equal(same.perturbation, np.concatenate([noise_a] * 3))
     assert same.meta["method"] == "miue repeated x3, consistent noise"

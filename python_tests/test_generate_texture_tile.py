@@ -18,12 +18,12 @@ from generate_helpers import TINY, single_threaded, tiny_patches  # noqa: F401  
 EPS = 8 / 255
 
 
-def repeat_tile(tile: np.ndarray, size: int) -> np.ndarray:
-    """[B, T, T, C] -> [B, size, size, C] by pixel (i, j) = tile[i mod T, j mod T] (a float64 loop)."""
-    side = tile.shape[1]
-    out = np.empty((len(tile), size, size, tile.shape[3]))
-    for i in range(size):
-        for j in range(size):
+def repeat_tile(tile: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """[B, T, T, C] -> [B, height, width, C] by pixel (i, j) = tile[i mod T, j mod T] (a float64 loop)."""
+    side, width = tile.shape[1], height if width is None else width
+    out = np.empty((len(tile), height, width, tile.shape[3]))
+    for i in range(height):
+        for j in range(width):
             out[:, i, j] = tile[:, i % side, j % side]
     return out
 
@@ -32,15 +32,15 @@ def reference_step(model, objective, x, y, tile, alpha, eps):
     """One step written out: the gradient with respect to each pixel of the clamped input, masked
     where clamp(x + delta) is flat, added to the tile value the pixel repeats (a float64 loop over
     pixels); then a sign step and the eps projection. tile: [B, T, T, C]."""
-    size, side = x.shape[1], tile.shape[1]
-    raw = x + torch.from_numpy(repeat_tile(tile.double().numpy(), size)).float()
+    height, width, side = x.shape[1], x.shape[2], tile.shape[1]
+    raw = x + torch.from_numpy(repeat_tile(tile.double().numpy(), height, width)).float()
     inputs = raw.clamp(0, 1).requires_grad_(True)
     features, logits = model(inputs.permute(0, 3, 1, 2).contiguous())
     (pixel_grad,) = torch.autograd.grad(objective(features, logits, y), inputs)
     masked = (pixel_grad * ((raw >= 0) & (raw <= 1))).double().numpy()
     summed = np.zeros(tile.shape)
-    for i in range(size):
-        for j in range(size):
+    for i in range(height):
+        for j in range(width):
             summed[:, i % side, j % side] += masked[:, i, j]
     return (tile.double() - alpha * torch.from_numpy(np.sign(summed))).clamp(-eps, eps).float()
 
@@ -49,13 +49,13 @@ def tiles_of(delta, side: int) -> torch.Tensor:
     """[N, T, T, C] from rows that must repeat one T x T tile (asserted)."""
     delta = np.asarray(delta, dtype=np.float64)
     tile = delta[:, :side, :side, :]
-    assert np.array_equal(delta, repeat_tile(tile, delta.shape[1])), "a row does not repeat one tile"
+    assert np.array_equal(delta, repeat_tile(tile, *delta.shape[1:3])), "a row does not repeat one tile"
     return torch.from_numpy(tile)
 
 
 def run_step(images, labels, tile, side, alpha, step_count=1):
     model = FeatureSurrogate(build_model("smallcnn", 8)).eval().requires_grad_(False)
-    delta = torch.from_numpy(repeat_tile(tile.numpy(), images.shape[1])).float()
+    delta = torch.from_numpy(repeat_tile(tile.numpy(), *images.shape[1:3])).float()
     steps.perturb_tile(
         model, make_objective("mi+ce"), images, labels, delta, torch.arange(len(labels)), len(labels), step_count,
         alpha, EPS, contextlib.nullcontext, False, lambda *a: None, tile=side,
@@ -82,6 +82,18 @@ def test_a_step_moves_each_tile_value_by_the_sign_of_its_gradient_summed_over_it
     assert (got - tile).abs().amax() > alpha / 2  # it moved
     if start == "saturating":
         assert (got[0, ..., 0] == EPS).all()  # sign(0) = 0: the saturated channel stays
+
+
+@pytest.mark.parametrize("side", [4, 8])
+def test_a_step_on_images_wider_than_high_sums_each_value_over_rows_and_columns_alike(side):
+    torch.manual_seed(side + 1)
+    data = tiny_patches(12)
+    images, labels = torch.from_numpy(data.images[:, 8:24]).contiguous(), torch.from_numpy(data.labels)  # 16 x 32
+    tile, alpha = torch.empty(12, side, side, 3).uniform_(-EPS, EPS), 2 / 255
+    model, delta = run_step(images, labels, tile, side, alpha)
+    assert delta.shape == (12, 16, 32, 3)
+    expected = reference_step(model, make_objective("mi+ce"), images.float() / 255, labels, tile, alpha, EPS)
+    torch.testing.assert_close(tiles_of(delta, side).float(), expected, rtol=0, atol=1e-6)
 
 
 def test_three_steps_follow_the_reference_and_stop_at_the_budget():
@@ -126,7 +138,7 @@ def test_the_written_poison_repeats_one_tile_per_image_within_the_budget():
     flat = tiles.reshape(48, 16, 3)
     assert (flat.amax(1) - flat.amin(1)).amax() > EPS  # a texture, not one colour
     poisoned, perturbation = quantize(data.images, result.delta.numpy(), EPS)
-    levels = np.rint(repeat_tile(tiles.numpy(), 32) * 255).astype(np.int16)
+    levels = np.rint(repeat_tile(tiles.numpy(), 32, 32) * 255).astype(np.int16)
     assert np.array_equal(poisoned, np.clip(data.images.astype(np.int16) + levels, 0, 255))
 
 
@@ -150,6 +162,7 @@ def test_deterministic_runs_agree_and_the_option_changes_the_poison():
         ({"texture_tile": -2}, "texture-tile .* must be an integer >= 1, or 0 for off; got -2"),
         ({"texture_tile": 2.0}, "texture-tile .* must be an integer >= 1, or 0 for off; got 2.0"),
         ({"texture_tile": True}, "texture-tile .* must be an integer >= 1, or 0 for off; got True"),
+        ({"texture_tile": 1, "surrogate_view": "meancolour"}, "texture-tile 1 is one colour shift per image"),
     ],
 )
 def test_texture_tile_refuses_what_it_cannot_honour(options, message):

@@ -145,7 +145,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="T",
         help="sample-wise: perturb each image by one T x T pattern repeated over it, which the "
-        "victims' crop moves only in phase; T must divide the image size (default: per-pixel noise)",
+        "victims' crop moves only in phase; T must divide the images' height and width (default: per-pixel noise)",
     )
     method.add_argument(
         "--surrogate-view",

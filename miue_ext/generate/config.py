@@ -246,7 +246,7 @@ class GenerationConfig:
                 "perturb-flip flips the clean image under an unflipped delta, which breaks the tone curve: choose one",
             )
         need(
-            type(self.texture_tile) is int and self.texture_tile >= 0,
+            isinstance(self.texture_tile, int) and not isinstance(self.texture_tile, bool) and self.texture_tile >= 0,
             f"texture-tile (side of the repeated pattern in pixels) must be an integer >= 1, or 0 for off; "
             f"got {self.texture_tile}",
         )
@@ -259,6 +259,10 @@ class GenerationConfig:
             need(not self.colour_curve, "colour-curve and texture-tile are two kinds of perturbation: choose one")
             need(not self.random_start, "random-start draws noise per pixel, not a repeated pattern: choose one")
             need(not self.colour_start, "colour-start and texture-tile are two different starting points: choose one")
+            need(
+                not (self.texture_tile == 1 and self.surrogate_view == "meancolour"),
+                "texture-tile 1 is one colour shift per image, which the meancolour surrogate view removes: choose one",
+            )
         need(
             not (self.colour_only and self.random_start),
             "random-start draws noise per pixel, colour-only perturbs one colour per image: choose one",

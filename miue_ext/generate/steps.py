@@ -200,12 +200,14 @@ def perturb_tile(
     on_batch: Callable[[torch.Tensor, int], None],
     augment=None,
     flip_mask=None,
-    tile: int = 4,
+    *,
+    tile: int,
 ) -> torch.Tensor:
     """Sample-wise periodic textures (--texture-tile): every row of `delta` is one `tile` x `tile`
     pattern repeated over the image, so a crop moves only its phase. A step moves each tile value
     by alpha times the sign of its gradient summed over the value's copies, then projects onto the
-    eps ball; [0, 1] as in perturb_colour. Other arguments as perturb_samplewise.
+    eps ball. As in perturb_colour, rows are not projected onto [0, 1] (they would no longer
+    repeat one tile); x + delta is clamped where it is used. Other arguments as perturb_samplewise.
     """
     down, across = images.shape[1] // tile, images.shape[2] // tile  # copies of the tile
     return _perturb_pattern(
