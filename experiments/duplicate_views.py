@@ -29,9 +29,9 @@ from miue_ext.poison_file import load_poison, save_poison
 def build(data: str, size: int, copies: int, out_dir: str) -> None:
     """base.npz: the first `size` training images; repeated.npz: base `copies` times, copy-major;
     test.npz: the clean test split."""
-    train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    if copies < 1:
+    if copies < 1:  # before the data set is read
         raise InputError(f"--copies must be >= 1, got {copies}")
+    train, test = load_dataset(data, "train"), load_dataset(data, "test")
     if not 1 <= size <= len(train):
         raise InputError(f"--size must be from 1 to {len(train)} (the training images of {data}), got {size}")
     base_images, base_labels = train.images[:size], train.labels[:size]
@@ -61,7 +61,7 @@ def combine(paths: list[str], out: str) -> None:
     meta = {k: v for k, v in first.meta.items() if k not in ("history", "config", "alpha_schedule", "data")}
     seeds = [file.meta.get("seed") for file in files]
     distinct = len({file.perturbation.tobytes() for file in files})
-    agree = {1: "consistent", len(files): "independent"}.get(distinct, f"{distinct} different")
+    agree = "consistent" if distinct == 1 else "independent" if distinct == len(files) else f"{distinct} different"
     meta.update(
         {
             "method": f"{first.meta.get('method')} repeated x{len(files)}, {agree} noise",
