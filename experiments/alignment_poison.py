@@ -5,7 +5,8 @@ points *against* learning the clean images, a bilevel goal approximated by one g
 
 1. Train the crafting model (by default `smallcnn`, the CPU surrogate) on the clean training set
    with the victims' own recipe and augmentation (`miue_ext.evaluate.train.train_victim`).
-2. Freeze it (eval mode) and move every image's perturbation so that the parameter gradient of
+2. Freeze it (eval mode) and move every image's perturbation, from a random start in the budget
+   (at 0 the cosine below is at its maximum and has no gradient), so that the parameter gradient of
    the cross-entropy on the poisoned batch, g(x + delta), points opposite to the gradient on the
    same clean batch, g(x): `--passes` passes over the training set, each batch seen through a
    fresh crop + flip (the victims' augmentation, applied to x + delta as the victims apply it),
@@ -59,13 +60,35 @@ def alignment_step(model, params, x, y, delta, views, alpha, eps):
     (step,) = torch.autograd.grad(cosine, delta)
     with torch.no_grad():
         delta.sub_(alpha * step.sign()).clamp_(-eps, eps)
+        if delta.shape == x.shape:
+            # per pixel: a value pushed outside [0, 1] would get no gradient through the clamp above
+            # and stay there for good, so project it back as the package's pgd_update_ does
+            delta.copy_((x + delta).clamp_(0, 1) - x)
     delta.requires_grad_(False)
     return cosine.item()
 
 
+def mean_cosine(models, params, x_all, y_all, delta_all, batch_size, generator):
+    """cos(g(x + delta), g(x)) per batch (fresh views, models in turn), averaged: how far the
+    crafting got, measured after its last step."""
+    cosines = []
+    for k, start in enumerate(range(0, len(y_all), batch_size)):
+        x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
+        shifts, flips = draw_shifts_and_flips(len(y), generator)
+        m = k % len(models)
+        poisoned = (x + delta_all[start : start + batch_size]).clamp(0, 1)
+        clean_grad = parameter_gradient(models[m], shift_and_flip(x, shifts, flips, CROP_PADDING), y, params[m], False)
+        poison_grad = parameter_gradient(
+            models[m], shift_and_flip(poisoned, shifts, flips, CROP_PADDING), y, params[m], False
+        )
+        cosines.append(F.cosine_similarity(poison_grad, clean_grad, dim=0).item())
+    return sum(cosines) / len(cosines)
+
+
 def craft(models, images, labels, eps, passes, alpha, batch_size, seed, colour_only, log):
-    """delta [N, H, W, C] (floats in [-eps, eps]) against the frozen `models` (one or a list),
-    taken in turn batch by batch."""
+    """(delta [N, H, W, C] (floats in [-eps, eps]), the mean cosine after the last step) against
+    the frozen `models` (one or a list), taken in turn batch by batch. delta starts uniform in
+    [-eps, eps]: at 0 the cosine is at its maximum, 1, and its gradient is 0 (roundoff only)."""
     models = models if isinstance(models, (list, tuple)) else [models]
     params = []
     for model in models:
@@ -75,23 +98,30 @@ def craft(models, images, labels, eps, passes, alpha, batch_size, seed, colour_o
     x_all = torch.from_numpy(images).float().div_(255)
     y_all = torch.from_numpy(labels).long()
     n, h, w, c = x_all.shape
-    delta_all = torch.zeros((n, 1, 1, c) if colour_only else (n, h, w, c))
+    shape = (n, 1, 1, c) if colour_only else (n, h, w, c)
+    delta_all = (torch.rand(shape, generator=generator) * 2 - 1) * eps
+    if not colour_only:
+        delta_all = (x_all + delta_all).clamp(0, 1) - x_all
+    batches = 0
     for p in range(passes):
         # the step falls linearly from alpha to alpha / 10 over the passes
         step = alpha * (1 - 0.9 * p / max(passes - 1, 1))
         order = torch.randperm(n, generator=generator)
         cosines = []
-        for b, start in enumerate(range(0, n, batch_size)):
+        for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             views = draw_shifts_and_flips(len(idx), generator)
             delta = delta_all[idx].clone()
-            m = (p * n // batch_size + b) % len(models)
+            m = batches % len(models)
+            batches += 1
             cosines.append(alignment_step(models[m], params[m], x_all[idx], y_all[idx], delta, views, step, eps))
             delta_all[idx] = delta
         log(
-            f"  pass {p + 1}/{passes}: step {step * 255:.2f}/255, mean cosine(poisoned, clean) {sum(cosines) / len(cosines):+.4f}"
+            f"  pass {p + 1}/{passes}: step {step * 255:.2f}/255, mean cosine(poisoned, clean) before its steps {sum(cosines) / len(cosines):+.4f}"
         )
-    return ((x_all + delta_all).clamp(0, 1) - x_all).numpy()
+    final = mean_cosine(models, params, x_all, y_all, delta_all, batch_size, generator)
+    log(f"  after the last step: mean cosine(poisoned, clean) {final:+.4f}")
+    return ((x_all + delta_all).clamp(0, 1) - x_all).numpy(), final
 
 
 def main() -> None:
@@ -132,6 +162,8 @@ def main() -> None:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         parser.error(f"--out: folder {out_dir} does not exist")
+    if os.path.isdir(args.out):
+        parser.error(f"--out must be a file to write, not the folder {args.out}")
     try:
         train = load_dataset(args.data, "train")
         test = load_dataset(args.data, "test")
@@ -167,7 +199,7 @@ def main() -> None:
     scores = ", ".join(f"{100 * h[-1]['test_acc']:.2f}%" for h in histories)
     log(f"crafting model(s): clean test accuracy {scores}; aligning {kind}")
     tick = time.perf_counter()
-    delta = craft(
+    delta, final_cosine = craft(
         models,
         train.images,
         train.labels,
@@ -187,6 +219,7 @@ def main() -> None:
         "crafting_epochs": epochs,
         "crafting_test_acc": [h[-1]["test_acc"] for h in histories],
         "passes": args.passes,
+        "final_mean_cosine": final_cosine,
         "alpha_pixels": args.alpha,
         "batch_size": args.batch_size,
         "colour_only": args.colour_only,
