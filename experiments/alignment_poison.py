@@ -48,15 +48,23 @@ def parameter_gradient(model, inputs_nhwc, labels, params, create_graph):
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+def gradient_cosine(model, params, x, y, delta, views, create_graph):
+    """cos(g(x + delta), g(x)) on one batch seen through `views` (shifts, flips); with
+    `create_graph` it stays differentiable in delta."""
+    shifts, flips = views
+    clean_grad = parameter_gradient(model, shift_and_flip(x, shifts, flips, CROP_PADDING), y, params, False)
+    poisoned = (x + delta).clamp(0, 1)
+    poison_grad = parameter_gradient(
+        model, shift_and_flip(poisoned, shifts, flips, CROP_PADDING), y, params, create_graph
+    )
+    return F.cosine_similarity(poison_grad, clean_grad.detach(), dim=0)
+
+
 def alignment_step(model, params, x, y, delta, views, alpha, eps):
     """One signed step on `delta` (a leaf of the batch's shape or [B, 1, 1, C]) towards a poisoned
     gradient anti-parallel to the clean one; returns the cosine before the step."""
-    shifts, flips = views
-    clean_grad = parameter_gradient(model, shift_and_flip(x, shifts, flips, CROP_PADDING), y, params, False)
     delta.requires_grad_(True)
-    poisoned = (x + delta).clamp(0, 1)
-    poison_grad = parameter_gradient(model, shift_and_flip(poisoned, shifts, flips, CROP_PADDING), y, params, True)
-    cosine = F.cosine_similarity(poison_grad, clean_grad.detach(), dim=0)
+    cosine = gradient_cosine(model, params, x, y, delta, views, True)
     (step,) = torch.autograd.grad(cosine, delta)
     with torch.no_grad():
         delta.sub_(alpha * step.sign()).clamp_(-eps, eps)
@@ -69,19 +77,15 @@ def alignment_step(model, params, x, y, delta, views, alpha, eps):
 
 
 def mean_cosine(models, params, x_all, y_all, delta_all, batch_size, generator):
-    """cos(g(x + delta), g(x)) per batch (fresh views, models in turn), averaged: how far the
-    crafting got, measured after its last step."""
+    """gradient_cosine per batch (fresh views, models in turn), averaged: how far the crafting
+    got, measured after its last step."""
     cosines = []
     for k, start in enumerate(range(0, len(y_all), batch_size)):
-        x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
-        shifts, flips = draw_shifts_and_flips(len(y), generator)
+        batch = slice(start, start + batch_size)
+        views = draw_shifts_and_flips(len(y_all[batch]), generator)
         m = k % len(models)
-        poisoned = (x + delta_all[start : start + batch_size]).clamp(0, 1)
-        clean_grad = parameter_gradient(models[m], shift_and_flip(x, shifts, flips, CROP_PADDING), y, params[m], False)
-        poison_grad = parameter_gradient(
-            models[m], shift_and_flip(poisoned, shifts, flips, CROP_PADDING), y, params[m], False
-        )
-        cosines.append(F.cosine_similarity(poison_grad, clean_grad, dim=0).item())
+        cosine = gradient_cosine(models[m], params[m], x_all[batch], y_all[batch], delta_all[batch], views, False)
+        cosines.append(cosine.item())
     return sum(cosines) / len(cosines)
 
 
