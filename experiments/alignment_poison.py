@@ -31,6 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from miue_ext import ops
 from miue_ext.augment import CROP_PADDING, draw_shifts_and_flips, shift_and_flip
 from miue_ext.datasets import load_dataset
 from miue_ext.errors import InputError
@@ -66,13 +67,13 @@ def alignment_step(model, params, x, y, delta, views, alpha, eps):
     delta.requires_grad_(True)
     cosine = gradient_cosine(model, params, x, y, delta, views, True)
     (step,) = torch.autograd.grad(cosine, delta)
-    with torch.no_grad():
-        delta.sub_(alpha * step.sign()).clamp_(-eps, eps)
-        if delta.shape == x.shape:
-            # per pixel: a value pushed outside [0, 1] would get no gradient through the clamp above
-            # and stay there for good, so project it back as the package's pgd_update_ does
-            delta.copy_((x + delta).clamp_(0, 1) - x)
     delta.requires_grad_(False)
+    if delta.shape == x.shape:
+        # per pixel: the package's projected step, since a value pushed outside [0, 1] would get no
+        # gradient through the clamp in gradient_cosine and stay there for good
+        ops.pgd_update_(delta, x, step, alpha, eps)
+    else:  # one colour shift per image, clamped to [0, 1] where it is added
+        delta.sub_(alpha * step.sign()).clamp_(-eps, eps)
     return cosine.item()
 
 
