@@ -166,6 +166,54 @@ def test_damaged_delta_file_is_refused(tmp_path):
         gen(cfg, checkpoint_dir=tmp_path, resume=True)
 
 
+@pytest.mark.parametrize("crash_epoch", [2, 3], ids=["checkpoint-in-file-a", "checkpoint-in-file-b"])
+def test_resume_with_another_stream_dtype(tmp_path, crash_epoch):
+    """A float16 checkpoint resumed as float32 (allowed: the dtype may change between runs) goes on
+    exactly as a resident run resumed from the same checkpoint; whichever file it named."""
+    import shutil
+
+    half = config(epochs=4, storage="stream", chunk_rows=32)
+    with pytest.raises(Crash):
+        gen(half, checkpoint_dir=tmp_path / "a", log=crash_at_epoch(crash_epoch))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    as_resident = gen(config(epochs=4, storage="resident"), checkpoint_dir=tmp_path / "a", resume=True)
+    as_float32 = gen(config(epochs=4, **STREAM32), checkpoint_dir=tmp_path / "b", resume=True)
+    assert np.asarray(as_float32.delta).dtype == np.float32
+    assert torch.equal(as_tensor(as_float32.delta), as_resident.delta)
+
+
+@pytest.mark.parametrize("storage_kind", ["resident", "stream"])
+def test_a_fresh_run_refuses_an_earlier_checkpoint(tmp_path, storage_kind):
+    """Forgetting --resume must not destroy the checkpoint: the fresh run stops before any work,
+    and the checkpoint still resumes to the uninterrupted result."""
+    cfg = config(epochs=3, storage=storage_kind, stream_dtype="float32", chunk_rows=32)
+    straight = as_tensor(gen(cfg).delta).clone()
+    with pytest.raises(Crash):
+        gen(cfg, checkpoint_dir=tmp_path, log=crash_at_epoch(3))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match="holds the checkpoint of an earlier run .*--resume"):
+        gen(cfg, checkpoint_dir=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert torch.equal(as_tensor(gen(cfg, checkpoint_dir=tmp_path, resume=True).delta), straight)
+
+
+def test_classwise_stream_with_as_many_images_as_classes():
+    """8 images of patches' 8 classes (some classes twice, some absent): still class-wise when streamed."""
+    data = tiny_patches(8)
+    assert len(data) == data.num_classes
+    resident = gen(config(storage="resident", mode="classwise"), data=data)
+    streamed = gen(config(**STREAM32, mode="classwise"), data=data)
+    assert torch.equal(as_tensor(streamed.delta, None), resident.delta)
+    sixes = np.flatnonzero(data.labels == 6)
+    assert len(sixes) == 3  # one class perturbation, clamped per image: equal where no pixel clips
+    x = torch.from_numpy(data.images[sixes]).float() / 255
+    inside = ((x > 8 / 255) & (x < 1 - 8 / 255)).all(0)
+    d = resident.delta[sixes]
+    for other in (d[1], d[2]):  # (x + d) - x is d up to float32 rounding
+        torch.testing.assert_close(other[inside], d[0][inside], rtol=0, atol=1e-6)
+    assert d[0][inside].abs().max() > 1 / 255  # the run did perturb
+
+
 @pytest.mark.parametrize(
     "options, n, message",
     [

@@ -411,3 +411,15 @@ def check_checkpoint_folder(directory: str | Path, option: str = "--checkpoint-d
     except OSError as err:
         where = "" if probe_in == folder else f" (its folder {probe_in})"
         raise InputError(f"cannot write checkpoints to {option} {folder}{where}: {err.strerror or err}") from None
+
+
+def refuse_earlier_checkpoint(directory: str | Path) -> None:
+    """A run that starts from epoch 1 would replace the checkpoint (and, streamed, the delta files)
+    of an earlier run in `directory`: refuse, so that a forgotten --resume costs nothing."""
+    folder = Path(directory)
+    for name in (CHECKPOINT_NAME, MANIFEST_NAME):
+        if (folder / name).is_file():
+            raise InputError(
+                f"{folder} holds the checkpoint of an earlier run ({name}): continue it with --resume, "
+                f"or delete the folder to start again"
+            )

@@ -193,6 +193,7 @@ class _Run:
             rows_per_chunk=chunk,
             dtype=cfg.stream_dtype,
             folder=self.checkpoint_dir,
+            classwise=cfg.mode == "classwise",
         )
 
     def _owned_store(self, dataset: ImageDataset):
@@ -227,6 +228,7 @@ class _Run:
             rows_per_chunk=chunk,
             dtype=cfg.stream_dtype,
             folder=self.checkpoint_dir,
+            classwise=False,
             names=storage.rank_file_names(ctx.rank, ctx.world_size),
         )
 
@@ -359,11 +361,14 @@ class _Run:
         if self.stopped_early:  # EM's stop rule had ended the run: nothing left to do
             self.start_epoch = cfg.epochs + 1
 
-    def _check_checkpoint_folder(self) -> None:
-        """Before epoch 1: the checkpoint folder can be written (not a file, not read-only)."""
+    def _check_checkpoint_folder(self, resume: bool) -> None:
+        """Before epoch 1: the checkpoint folder can be written (not a file, not read-only), and a
+        fresh run does not write over an earlier run's checkpoint (a forgotten --resume)."""
         problem = None
         try:
             ckpt.check_checkpoint_folder(self.checkpoint_dir)
+            if not resume:
+                ckpt.refuse_earlier_checkpoint(self.checkpoint_dir)
         except InputError as err:
             if self.dist is None:
                 raise
@@ -383,7 +388,7 @@ class _Run:
     # --- the loop ----------------------------------------------------------------------------
     def run(self, resume: bool) -> GenerationResult:
         if self.checkpoint_dir is not None:
-            self._check_checkpoint_folder()
+            self._check_checkpoint_folder(resume)
         try:
             return self._run(resume)
         finally:

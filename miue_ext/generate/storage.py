@@ -145,13 +145,15 @@ class StreamStore:
         rows_per_chunk: int,
         dtype: str,
         folder: Path | None,
+        classwise: bool,
         names: tuple[str, str] = DELTA_FILES,
     ):
         if dtype not in STREAM_DTYPES:
             raise InputError(f"--stream-dtype must be one of {', '.join(STREAM_DTYPES)}, not {dtype!r}")
         self.images_host, self.device, self.rows = images, device, rows_per_chunk
         self.labels = torch.from_numpy(labels).to(device)
-        self.classwise = delta_rows != len(images)
+        # Told, not guessed from delta_rows: a class-wise run over as many images as classes exists.
+        self.classwise = classwise
         self.sample_shape = tuple(images.shape[1:])
         self.pin = device.type == "cuda"
         self.prefetch = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="miue-prefetch")
@@ -160,6 +162,7 @@ class StreamStore:
         if folder is None:  # a private scratch folder; the files vanish when the run ends
             self.scratch = tempfile.TemporaryDirectory(prefix="miue-delta-")
             folder = Path(self.scratch.name)
+        Path(folder).mkdir(parents=True, exist_ok=True)  # as the first checkpoint would
         self.folder, self.dtype, self.names = Path(folder), np.dtype(dtype), tuple(names)
         self.files: list[np.ndarray | None] = [None, None]
         self.delta = torch.zeros((delta_rows, *self.sample_shape), device=device) if self.classwise else None
@@ -228,8 +231,10 @@ class StreamStore:
         """Write a perturbed chunk's delta rows to the epoch's target file."""
         if self.classwise:
             return
-        rows = chunk.delta.cpu().numpy()
-        self.files[self._target()][chunk.samples.cpu().numpy()] = rows.astype(self.files[0].dtype)
+        target = self._target()
+        if self.files[target] is None:  # released after a dtype conversion; the checkpoint no longer names it
+            self._new_file(target)
+        self.files[target][chunk.samples.cpu().numpy()] = chunk.delta.cpu().numpy().astype(self.dtype)
 
     def end_epoch(self, perturbed: bool) -> None:
         if perturbed and not self.classwise:  # every row was written to the target
@@ -268,7 +273,7 @@ class StreamStore:
             other = self._new_file(1 - index)
             for start in range(0, len(saved), self.rows):
                 other[start : start + self.rows] = saved[start : start + self.rows].astype(self.dtype)
-            self.files[index] = None
+            self.files[index] = None  # kept on disk (the checkpoint names it) until an epoch targets it
             self.source, self.checkpointed = 1 - index, None
         else:
             self.files[index] = saved
