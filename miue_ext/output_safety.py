@@ -61,13 +61,17 @@ def data_file_of(spec: str) -> str | None:
     return None
 
 
+# A run can resume only from these (one process; a torchrun group's commit point).
+CHECKPOINT_NAMES = ("checkpoint.pt", "manifest.json")
+DELTA_FILES_PATTERN = "delta-*.npy"  # a streamed run's perturbation files (generate/storage.py)
+
+
 # What generation writes into its checkpoint folder (glob patterns): the one-process checkpoint,
 # a torchrun group's manifest and shards, atomic_write's temporary files of a killed run.
 WRITTEN_PATTERNS = (
-    "checkpoint.pt",
-    "manifest.json",
+    *CHECKPOINT_NAMES,
     "epoch*-rank*-of*.pt",
-    "delta-*.npy",
+    DELTA_FILES_PATTERN,
     ".*.tmp",
     LOCK_NAME,
     OWNER_MARKER,
@@ -112,10 +116,17 @@ def claim_checkpoint_dir(directory: str | os.PathLike, owned_by_default: bool) -
 
 
 def release_unused_checkpoint_dir(directory: str | os.PathLike, created: bool) -> None:
-    """After a run that stopped before its first checkpoint (called while it still holds the
-    lock): leave no folder behind that this run created and that holds nothing of value."""
+    """After a run that stopped (called while it still holds the lock): with no checkpoint in the
+    folder, a streamed run's delta files resume nothing and may be as large as the data set, so
+    they go; and no folder is left behind that this run created and that holds nothing else."""
     folder = Path(directory)
-    if not created or not folder.is_dir():
+    if not folder.is_dir():
+        return
+    if not any((folder / name).is_file() for name in CHECKPOINT_NAMES):
+        for path in folder.glob(DELTA_FILES_PATTERN):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    if not created:
         return
     if all(path.name in (OWNER_MARKER, LOCK_NAME) for path in folder.iterdir()):
         for name in (OWNER_MARKER, LOCK_NAME):

@@ -206,6 +206,16 @@ def test_generate_defaults_and_pixel_units():
     assert em.objective == "ce" and em.stop_accuracy is None and em.alpha_at(20) == pytest.approx(2 / 255)
 
 
+def test_auto_means_the_methods_own_setting_for_em():
+    """As --objective auto gives em its ce: --alpha auto its constant 0.8/255, --surrogate-cycles auto its one surrogate."""
+    plain = _parsed_config(["--method", "em"])
+    auto = _parsed_config(["--method", "em", "--alpha", "auto", "--surrogate-cycles", "auto"])
+    for epoch in (1, 10, 20):
+        assert auto.alpha_at(epoch) == plain.alpha_at(epoch) == pytest.approx(0.8 / 255)
+    assert auto.surrogate_cycles == plain.surrogate_cycles == 1
+    assert _parsed_config(["--surrogate-cycles", "auto"]).surrogate_cycles == 4  # miue at 20 epochs
+
+
 def test_evaluate_refuses_torchrun(tmp_path, monkeypatch, capsys):
     from miue_ext.cli import main
 

@@ -1,6 +1,7 @@
 """The generation engine: the algorithm's steps, objectives, modes, surrogates, determinism."""
 
 import contextlib
+import re
 
 import numpy as np
 import pytest
@@ -263,3 +264,54 @@ def test_progress_bars_show_live_loss_and_accuracy(capsys):
     run(tiny_config(epochs=1), progress=True)
     err = capsys.readouterr().err
     assert "epochs" in err and "train" in err and "acc=" in err and "perturb" in err and "loss=" in err
+
+
+# --- degenerate batches and labels ------------------------------------------------------------------
+@pytest.mark.parametrize("n, size", [(33, 16), (32, 16), (17, 16), (1, 16), (2, 1), (5, 1), (65, 32), (64, 32)])
+def test_batches_join_a_last_single_sample(n, size):
+    sizes = [b.numel() for b in steps.batches(torch.arange(n), size)]
+    assert sum(sizes) == n and len(sizes) == steps.batch_count(n, size)
+    assert torch.equal(torch.cat(list(steps.batches(torch.arange(n), size))), torch.arange(n))
+    if size > 1 and n > 1:
+        assert min(sizes) >= 2  # never a batch of one
+    assert max(sizes) <= size + 1
+
+
+def test_every_sample_moves_when_a_batch_of_one_would_remain():
+    """33 images in batches of 32: alone, the 33rd would have no pair for L_sim and stay at 0."""
+    result = run(tiny_config(objective="mi", epochs=1, poison_batch_size=32, batch_size=32), data=tiny_data(33))
+    moved = result.delta.flatten(1).abs().amax(1)
+    assert (moved > 0).all(), f"{int((moved == 0).sum())} of 33 samples never moved"
+
+
+def test_one_class_data_is_refused():
+    data = tiny_data(24)
+    one = type(data)(data.images, np.zeros_like(data.labels), name="one", num_classes=data.num_classes)
+    with pytest.raises(InputError, match=r"one class \(\[0\] of 8\).*at least 2 classes"):
+        run(tiny_config(), data=one)
+
+
+def test_a_poison_batch_of_one_is_refused_where_samples_are_compared():
+    for objective in ("mi", "sim", "cos", "mi+ce"):
+        with pytest.raises(InputError, match=re.escape(f"poison-batch-size must be >= 2 for objective '{objective}'")):
+            GenerationConfig(objective=objective, poison_batch_size=1).validate()
+    GenerationConfig(objective="ce", poison_batch_size=1).validate()  # EM's loss is per sample
+
+
+def test_resnet18_on_small_images_with_a_last_batch_of_one():
+    """ResNet-18's last stage is 1x1 on 8x8 images: batch norm needs two samples in a batch."""
+    data = tiny_data(33)
+    small = type(data)(np.ascontiguousarray(data.images[:, :8, :8]), data.labels, name="small", num_classes=8)
+    result = run(tiny_config(epochs=1, steps=1, batch_size=32, poison_batch_size=32), data=small, model_name="resnet18")
+    assert result.delta.shape == (33, 8, 8, 3) and (result.delta.abs() <= EPS + 1e-6).all()
+
+
+def test_cos_objective_on_a_batch_without_a_same_class_pair_is_zero_not_nan():
+    features = torch.randn(3, 5, requires_grad=True)
+    value = make_objective("cos")(features, None, torch.tensor([0, 1, 2]))
+    value.backward()
+    assert value.item() == 0 and torch.equal(features.grad, torch.zeros(3, 5))
+    paired = torch.randn(4, 5)
+    labels = torch.tensor([0, 1, 0, 2])
+    expected = -reference.intra_class_cosine(paired.double(), labels).float()
+    torch.testing.assert_close(make_objective("cos")(paired, None, labels), expected)

@@ -92,6 +92,15 @@ def test_stream_float32_equals_resident(options):
     assert [r["train_acc"] for r in streamed.history] == [r["train_acc"] for r in resident.history]
 
 
+def test_stream_equals_resident_when_one_sample_is_left_for_a_last_chunk():
+    """65 = 2 chunks of 32 + 1: the lone sample joins the last chunk, as its batch joins the last batch."""
+    data = tiny_patches(65)
+    resident = gen(config(storage="resident"), data=data)
+    streamed = gen(config(**STREAM32), data=data)
+    assert torch.equal(as_tensor(streamed.delta), resident.delta)
+    assert [r["train_acc"] for r in streamed.history] == [r["train_acc"] for r in resident.history]
+
+
 def test_chunks_hold_whole_batches_of_both_stages():
     assert storage.chunk_rows((32, 32, 3), 128, 512) % 512 == 0
     assert storage.chunk_rows((32, 32, 3), 128, 512, requested=1000) == 512

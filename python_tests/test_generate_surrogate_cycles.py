@@ -132,7 +132,9 @@ def test_cli_default_is_auto_for_miue_and_one_for_em():
     assert _parsed(["--surrogate-cycles", "1"]).surrogate_cycles == 1
     assert _parsed(["--surrogate-cycles", "2", "--epochs", "4"]).surrogate_cycles == 2
     assert _parsed(["--method", "em"]).surrogate_cycles == 1  # the baseline keeps its published loop
-    assert _parsed(["--method", "em", "--surrogate-cycles", "auto"]).surrogate_cycles == 4
+    # auto means the method's own setting, as --objective auto gives em its ce; a number still applies
+    assert _parsed(["--method", "em", "--surrogate-cycles", "auto"]).surrogate_cycles == 1
+    assert _parsed(["--method", "em", "--surrogate-cycles", "4"]).surrogate_cycles == 4
 
 
 @pytest.mark.parametrize("text", ["two", "2.5", ""])

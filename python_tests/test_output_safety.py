@@ -116,6 +116,14 @@ def test_stats_refuses_to_write_its_json_over_the_poison(tmp_path, capsys):
         (["--ce-weight", "2", "--objective", "mi"], "objective 'mi' has none"),
         (["--ce-weight", "2", "--method", "em"], "objective 'ce' has none"),
         (["--lr", "inf"], "learning rates must be finite"),
+        (["--zeta", "0.1", "--objective", "sim"], "objective 'sim' has none (got zeta 0.1)"),
+        (["--zeta", "0.1", "--method", "em"], "objective 'ce' has none (got zeta 0.1)"),
+        (["--temperature", "0.5", "--objective", "cos"], "objective 'cos' has none (got temperature 0.5)"),
+        (["--temperature", "0.5", "--method", "em"], "objective 'ce' has none (got temperature 0.5)"),
+        (["--stop-accuracy", "50", "--no-stop-rule"], "--stop-accuracy and --no-stop-rule contradict"),
+        (["--stop-accuracy", "0"], "--stop-accuracy must be a percentage in (0, 100], got 0"),
+        (["--stop-accuracy", "150"], "--stop-accuracy must be a percentage in (0, 100], got 150"),
+        (["--poison-batch-size", "1"], "poison-batch-size must be >= 2 for objective 'mi+ce'"),
         (["--seed", "99999999999999999999"], "seed must be in [0, 2^32)"),
         (["--seed", "-1"], "seed must be in [0, 2^32)"),
         (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N"),
@@ -150,3 +158,32 @@ def test_a_default_folder_from_before_the_marker_still_resumes(tmp_path, capsys)
 def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, capsys):
     assert main(["generate", "--max-samples", "16", "--out", str(tmp_path / "p.npz"), "--lr", "1e30", *QUICK]) != 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fresh_run_over_a_kept_checkpoint_is_refused_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "p.npz"
+    argv = ["generate", "--max-samples", "24", "--out", str(out), *QUICK, "--keep-checkpoint"]
+    assert main(argv) == 0
+    folder = tmp_path / "p.npz.ckpt"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out.unlink()
+    one_line_exit_2(capsys, argv, "holds the checkpoint of an earlier run (checkpoint.pt): continue it with --resume")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before and not out.exists()
+    assert main([*argv, "--resume"]) == 0 and out.is_file()
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["default-folder", "named-folder"])
+def test_a_streamed_failure_before_the_first_checkpoint_leaves_no_delta_files(tmp_path, capsys, named):
+    """The delta files can be as large as the data set and resume nothing without a checkpoint."""
+    argv = ["generate", "--max-samples", "16", "--out", str(tmp_path / "p.npz"), "--lr", "1e30", *QUICK]
+    folder = tmp_path / "mine"
+    if named:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("the user's")
+        argv += ["--checkpoint-dir", str(folder)]
+    assert main([*argv, "--storage", "stream"]) != 0
+    assert "no checkpoint was written yet" in capsys.readouterr().err
+    if named:
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    else:
+        assert list(tmp_path.iterdir()) == []

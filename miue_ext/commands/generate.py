@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="A|START:END|auto",
         help="step size in 1/255 units: A, or START:END for a "
         "linear schedule over the epochs, or auto (the default): the paper's 0.2:4/K with START "
-        "scaled by 100/epochs in shorter runs, at most eps/4 (20 epochs: 1:4/K)",
+        "scaled by 100/epochs in shorter runs, at most eps/4 (20 epochs: 1:4/K); em's auto: its "
+        "constant 0.8/255",
     )
     method.add_argument(
         "--zeta",
@@ -161,7 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="split the epochs into C equal cycles, each after the first with a freshly initialised "
         "surrogate and the lr back at --lr; auto (the default for miue): up to 4 cycles of at least 5 "
         "epochs below the paper's 100 epochs (20 epochs: 4, 10: 2, fewer than 10 or 100 and more: 1); "
-        "1: one surrogate for the whole run, as in the paper (em's default)",
+        "1: one surrogate for the whole run, as in the paper (em's default, and em's auto)",
     )
     method.add_argument(
         "--stop-accuracy",
@@ -240,11 +241,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _alpha(text: str | None, epochs: int, eps: float) -> tuple[float | None, float | None]:
+def _alpha(text: str | None, method: str, epochs: int, eps: float) -> tuple[float | None, float | None]:
     from miue_ext.errors import InputError
     from miue_ext.generate.config import auto_alpha_start
 
-    if text is None:
+    if text is None or (text == "auto" and method != "miue"):  # em's auto: its own constant step
         return None, None
     if text == "auto":
         return auto_alpha_start(epochs, eps), None
@@ -274,8 +275,8 @@ def _surrogate_cycles(text: str | None, method: str, epochs: int) -> int | None:
         if method != "miue":
             return None  # em: the config's single surrogate
         text = "auto"
-    if text == "auto":
-        return auto_surrogate_cycles(epochs)
+    if text == "auto":  # em's auto: its own single surrogate
+        return auto_surrogate_cycles(epochs) if method == "miue" else None
     try:
         return int(text)
     except ValueError:
@@ -287,6 +288,8 @@ def build_config(args: argparse.Namespace, device_type: str):
     from miue_ext.generate import GenerationConfig
 
     stop = None if args.stop_accuracy is None else args.stop_accuracy / 100
+    if stop is not None and not (math.isfinite(stop) and 0 < stop <= 1):
+        raise InputError(f"--stop-accuracy must be a percentage in (0, 100], got {args.stop_accuracy:g}")
     if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 255):
         raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
     epochs = args.epochs
@@ -300,7 +303,7 @@ def build_config(args: argparse.Namespace, device_type: str):
     # digits at 16/255 and 20 epochs the paper's small steps leave resnet10 at 28.9% against
     # auto's 14.4% (3 seeds each; docs/evaluation.md). EM keeps its own constant 0.8/255.
     alpha = args.alpha if args.alpha is not None or args.method != "miue" else "auto"
-    alpha_start, alpha_end = _alpha(alpha, epochs, 8 / 255 if args.eps is None else args.eps / 255)
+    alpha_start, alpha_end = _alpha(alpha, args.method, epochs, 8 / 255 if args.eps is None else args.eps / 255)
     # A fresh surrogate every few epochs (auto: 4 cycles at the CPU's 20 epochs, 1 at the paper's
     # 100). Against one surrogate, 20 epochs: patches 5 seeds, final within 3 points under both
     # victims and resnet10's peak 9 points lower; digits 8/255 6 points lower (6 poisons from two
@@ -351,6 +354,8 @@ def build_config(args: argparse.Namespace, device_type: str):
         chunk_rows=args.chunk_rows,
     )
     if args.no_stop_rule:
+        if args.stop_accuracy is not None:
+            raise InputError("--stop-accuracy and --no-stop-rule contradict each other; give one of them")
         config.stop_accuracy = None
     return config
 

@@ -18,6 +18,7 @@ STREAM_DTYPES = ("float16", "float32")
 
 OBJECTIVES = ("mi", "sim", "cos", "ce", "mi+ce")
 PAPER_EPOCHS = 100
+DEFAULT_TEMPERATURE = 0.1  # L_sim's, the paper's
 PAPER_ALPHA_START = 0.2 / 255
 
 
@@ -75,7 +76,7 @@ class GenerationConfig:
     # uses 0.1, which its ablation finds no better (CIFAR-10 9.95% vs 10.09%) and which was worse
     # in our patches runs (victim 64.8% and 56.0% final vs 43.6% and 51.9% with 0; docs/evaluation.md).
     zeta: float = 0.0
-    temperature: float = 0.1
+    temperature: float = DEFAULT_TEMPERATURE
     # Weight of the cross-entropy term of the `mi+ce` objective (L_mi + ce_weight * CE).
     ce_weight: float = 1.0
     batch_size: int = 128  # surrogate training batch
@@ -186,10 +187,15 @@ class GenerationConfig:
         need(
             round(self.eps * 255) >= 1,
             f"eps {self.eps * 255:g}/255 rounds to a budget of 0 pixel levels (poisons are "
-            "stored in whole levels): use eps >= 0.5",
+            "stored in whole levels, rounded half to even): use eps > 0.5",
         )
         for name in ("epochs", "steps", "batch_size", "poison_batch_size", "checkpoint_every", "surrogate_cycles"):
             need(getattr(self, name) >= 1, f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        need(
+            self.poison_batch_size >= 2 or self.objective == "ce",
+            f"poison-batch-size must be >= 2 for objective {self.objective!r}: it compares the samples "
+            f"of a batch with each other (got 1)",
+        )
         for name in ("alpha_start", "final_alpha"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"alpha must be > 0, got {value * 255:g}/255")
@@ -206,6 +212,16 @@ class GenerationConfig:
             self.ce_weight == 1.0 or self.objective == "mi+ce",
             f"ce-weight weighs the cross-entropy of the mi+ce objective; objective {self.objective!r} has none "
             f"(got ce-weight {self.ce_weight})",
+        )
+        need(
+            self.zeta == 0 or self.objective in ("mi", "mi+ce"),
+            f"zeta weighs L_dist of the mi and mi+ce objectives; objective {self.objective!r} has none "
+            f"(got zeta {self.zeta})",
+        )
+        need(
+            self.temperature == DEFAULT_TEMPERATURE or self.objective in ("mi", "sim", "mi+ce"),
+            f"temperature is L_sim's (objectives mi, sim, mi+ce); objective {self.objective!r} has none "
+            f"(got temperature {self.temperature})",
         )
         need(
             math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.lr_min) and self.lr_min >= 0,

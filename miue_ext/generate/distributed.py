@@ -177,7 +177,9 @@ def perturbation_shard(order: torch.Tensor, rank: int, world_size: int) -> torch
 
 def perturbation_batches(order: torch.Tensor, world_size: int, batch_size: int) -> int:
     """Poison batches run in one epoch over all ranks (each rank batches its own shard)."""
-    return sum(-(-perturbation_shard(order, r, world_size).numel() // batch_size) for r in range(world_size))
+    from miue_ext.generate.steps import batch_count
+
+    return sum(batch_count(perturbation_shard(order, r, world_size).numel(), batch_size) for r in range(world_size))
 
 
 # --- communication -----------------------------------------------------------------------------

@@ -103,6 +103,12 @@ def generate(
         raise InputError(
             f"--texture-tile {config.texture_tile} must divide the images' height and width ({height} x {width})"
         )
+    present = np.unique(np.asarray(dataset.labels))
+    if len(present) < 2:  # every objective is then constant: the noise would be rounding error
+        raise InputError(
+            f"the training labels hold one class ({present.tolist()} of {dataset.num_classes}): "
+            f"a poison needs images of at least 2 classes"
+        )
     dev = distributed.device if distributed is not None else resolve_device(device)
     with _DeterministicMode(config.deterministic):
         return _Run(

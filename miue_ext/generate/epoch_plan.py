@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from miue_ext.augment import RandomShiftFlip
+from miue_ext.generate.steps import batch_count
 from miue_ext.generate.surrogate_view import with_view
 
 
@@ -69,7 +70,7 @@ def plan_epoch(config, epoch: int, n: int, device: torch.device, ctx=None, owned
     perturb_flips = None
     if config.perturb_flip:  # drawn for all rows, so that every rank agrees on every sample's flip
         perturb_flips = (torch.rand(rows, generator=epoch_generator(config.seed, epoch, 3, rank)) < 0.5).to(device)
-    batches = -(-rows // config.poison_batch_size)
+    batches = batch_count(rows, config.poison_batch_size)
     # Stage 0 of epochs >= 1 is free (epoch 0's stage 0 draws the random start).
     train_augment = RandomShiftFlip(epoch_generator(config.seed, epoch, 0, rank)) if config.train_augment else None
     view = config.surrogate_view
@@ -86,7 +87,7 @@ def plan_epoch(config, epoch: int, n: int, device: torch.device, ctx=None, owned
         length = -(-owned_count(n, 0, world) // plan.train_batch) * plan.train_batch
         plan.train_order = order.repeat(-(-length // max(1, rows)))[:length]
         plan.trained = length * world
-        plan.poison_batches = sum(-(-owned_count(n, r, world) // config.poison_batch_size) for r in range(world))
+        plan.poison_batches = sum(batch_count(owned_count(n, r, world), config.poison_batch_size) for r in range(world))
         return plan
     plan.train_order, plan.train_batch = distributed.training_shard(order, config.batch_size, ctx)
     plan.trained = distributed.training_samples(n, world)
