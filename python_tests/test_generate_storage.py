@@ -101,6 +101,15 @@ def test_stream_equals_resident_when_one_sample_is_left_for_a_last_chunk():
     assert [r["train_acc"] for r in streamed.history] == [r["train_acc"] for r in resident.history]
 
 
+def test_stream_settings_of_a_resident_run_are_not_silently_ignored():
+    lines = []
+    gen(config(storage="resident", chunk_rows=32, epochs=1), log=lines.append)
+    assert any("--chunk-size and --stream-dtype apply only to streamed runs" in line for line in lines)
+    lines.clear()
+    gen(config(storage="resident", epochs=1), log=lines.append)
+    assert not any("--stream-dtype" in line for line in lines)
+
+
 def test_chunks_hold_whole_batches_of_both_stages():
     assert storage.chunk_rows((32, 32, 3), 128, 512) % 512 == 0
     assert storage.chunk_rows((32, 32, 3), 128, 512, requested=1000) == 512

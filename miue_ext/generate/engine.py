@@ -185,6 +185,11 @@ class _Run:
         rows = dataset.num_classes if cfg.mode == "classwise" else self.n
         kind = storage.choose_storage(requested, self.n, sample_shape, dev)
         if kind == "resident":
+            if cfg.chunk_rows or cfg.stream_dtype != "float16":  # not silently ignored
+                self.log(
+                    f"the data stay resident (--storage {requested}): --chunk-size and --stream-dtype apply only "
+                    "to streamed runs"
+                )
             return storage.ResidentStore(dataset.images, dataset.labels, rows, dev)
         chunk = storage.chunk_rows(sample_shape, cfg.batch_size, cfg.poison_batch_size, cfg.chunk_rows)
         self.log(
