@@ -10,7 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import zipfile
+import zlib
 from typing import Iterator
+
+
+# What reading a damaged .npz / zip archive can raise (a corrupt deflate stream: zlib.error).
+UNREADABLE_ARCHIVE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class InputError(ValueError):

@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from miue_ext.atomic import atomic_write
 from miue_ext.datasets.limits import check_image_size, check_labels, check_npz_arrays
-from miue_ext.errors import InputError
+from miue_ext.errors import UNREADABLE_ARCHIVE, InputError
 
 FORMAT_VERSION = 1
 ARRAYS = ("images", "labels", "perturbation", "meta")
@@ -105,7 +104,7 @@ def load_poison(path: str | os.PathLike, clean_images: np.ndarray | None = None)
         verify(poison, clean_images, name=str(path))
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except UNREADABLE_ARCHIVE as err:
         raise InputError(f"{path}: not a readable poison file ({err})") from None
     return poison
 

@@ -34,7 +34,7 @@ from PIL import Image
 from miue_ext.datasets.base import ImageDataset
 from miue_ext.datasets.decode import open_image
 from miue_ext.datasets.limits import check_labels, check_npz_arrays, human_bytes, memory_limit_bytes
-from miue_ext.errors import InputError
+from miue_ext.errors import UNREADABLE_ARCHIVE, InputError
 from miue_ext.poison_file import PoisonFile, budget_pixels, load_poison, verify
 
 EXPORT_FORMATS = ("folder", "png-index", "em-pt", "avatar-npz", "imagefolder")  # `miue export --format`
@@ -446,7 +446,7 @@ def read_avatar_npz(path: str, clean: ImageDataset, eps: float) -> PoisonFile:
             data, targets = archive["data"], archive["targets"]
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except UNREADABLE_ARCHIVE as err:
         raise InputError(f"{path}: not a readable .npz archive ({err})") from None
     n, (h, w, c) = len(clean), clean.images.shape[1:]
     if data.dtype != np.uint8:

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 
 from miue_ext.atomic import atomic_write
-from miue_ext.errors import InputError
+from miue_ext.errors import UNREADABLE_ARCHIVE, InputError
 from miue_ext.generate.storage import iter_rows
 from miue_ext.poison_file import FORMAT_VERSION, budget_pixels, quantize
 
@@ -108,5 +108,5 @@ def verify_rows(path: str | os.PathLike, clean: np.ndarray, eps: float, rows: in
                             f"{path}: read back wrong at rows {start}..{start + count - 1}; the file is "
                             f"damaged (disk full or failing?)"
                         )
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except UNREADABLE_ARCHIVE as err:
         raise InputError(f"{path}: cannot read back the poison file just written ({err})") from None

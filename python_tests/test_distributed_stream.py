@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from miue_ext.batching import batches
 from miue_ext.datasets import load_dataset
 from miue_ext.generate import distributed
 from miue_ext.generate.distributed import DistributedContext
 from miue_ext.generate.epoch_plan import owned_count, plan_epoch
-from miue_ext.generate import GenerationConfig, steps
+from miue_ext.generate import GenerationConfig
 from miue_ext.poison_file import load_poison, quantize
 
 from test_distributed import SAMPLES, TINY, launch_group, torchrun, worker
@@ -88,7 +89,7 @@ def test_owning_ranks_run_the_same_number_of_training_batches(n, world):
         assert set(plan.train_order.tolist()) == set(range(own))  # trained on, some repeated to fill
     assert sum(owned_count(n, r, world) for r in range(world)) == n
     # the batches each rank runs (a last batch of one joins the one before it)
-    assert plans[0].poison_batches == sum(len(list(steps.batches(plan.poison_order, 4))) for plan in plans)
+    assert plans[0].poison_batches == sum(len(list(batches(plan.poison_order, 4))) for plan in plans)
 
 
 def test_gathered_rows_refuse_a_misaligned_slice():

@@ -233,6 +233,9 @@ def test_poison_made_from_other_images_is_refused(tmp_path):
         (["--poison", "clean", "--warmup-epochs", "3"], "--warmup-epochs must be in [0, --epochs=2]"),
         (["--poison", "clean", "--warmup-epochs", "-1"], "--warmup-epochs must be in [0, --epochs=2]"),
         (["--poison", "clean", "--max-grad-norm", "-1"], "--max-grad-norm must be a finite number >= 0"),
+        (["--poison", "clean", "--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1"),
+        (["--poison", "clean", "--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
+        (["--poison", "clean", "--seed", "-1"], "--seed must be in [0, 2^32), got -1"),
         (["--poison", "clean", "--out", "{tmp}/exists"], "already exists"),
         (["--poison", "{tmp}/small.npz"], "wrong --data"),
     ],
@@ -307,3 +310,47 @@ def test_per_class_accuracy_is_of_the_test_images_the_victim_was_scored_on(defen
     assert confusion.sum() == 48 and (confusion.sum(1) == np.bincount(test.labels, minlength=4)).all()
     assert np.trace(confusion) / 48 == pytest.approx(report["final_test_acc"])  # grayscale: filtered test images
     assert report["final_per_class_test_acc"] == pytest.approx(list(np.diag(confusion) / confusion.sum(1)))
+
+
+def _class_folders(root, classes, per_class=3):
+    from PIL import Image
+
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            value = (40 * (ord(name[0]) - ord("a")) + i) % 256
+            Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_a_test_folder_lacking_a_class_keeps_the_training_labels(tmp_path):
+    """Each image folder numbers its own sorted classes: te/{a,c} would call c 'b' unless mapped by name."""
+    from miue_ext.evaluate.training_sets import load_data
+
+    _class_folders(tmp_path / "tr", ["a", "b", "c"])
+    _class_folders(tmp_path / "te", ["a", "c"])
+    train, test = load_data(f"imagefolder:{tmp_path / 'tr'}", test_spec=f"imagefolder:{tmp_path / 'te'}")
+    assert test.class_names == train.class_names == ["a", "b", "c"] and test.num_classes == 3
+    assert test.labels.tolist() == [0, 0, 0, 2, 2, 2]
+    _class_folders(tmp_path / "odd", ["a", "z"])
+    with pytest.raises(InputError, match="the test set has classes the training set lacks: z"):
+        load_data(f"imagefolder:{tmp_path / 'tr'}", test_spec=f"imagefolder:{tmp_path / 'odd'}")
+
+
+def test_test_data_naming_a_set_with_splits_gives_its_test_split():
+    from miue_ext.datasets import load_dataset
+    from miue_ext.evaluate.training_sets import load_data
+
+    _, test = load_data("patches", test_spec="patches")
+    expected = load_dataset("patches", "test")
+    assert len(test) == len(expected) == 800 and np.array_equal(test.images, expected.images)
+
+
+def test_a_resnet_victim_on_8x8_images_with_a_last_batch_of_one(tmp_path):
+    """resnet10's last stage is 1x1 on 8x8 images: a batch of one has no batch-norm statistics."""
+    images, labels = colour_classes(5, size=8)
+    np.savez(tmp_path / "tiny8.npz", images=images, labels=labels)
+    spec = f"npz:{tmp_path / 'tiny8.npz'}"
+    argv = ["evaluate", "--poison", "clean", "--data", spec, "--test-data", spec, "--model", "resnet10"]
+    assert (
+        run_command([*argv, "--batch-size", "4", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    )

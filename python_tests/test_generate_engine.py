@@ -10,6 +10,7 @@ from torch import nn
 
 import miue_ext.ops as ops
 import miue_ext.reference as reference
+from miue_ext import batching
 from miue_ext.errors import InputError, NonFiniteLossError
 from miue_ext.generate import GenerationConfig, generate
 from miue_ext.generate import steps
@@ -269,9 +270,9 @@ def test_progress_bars_show_live_loss_and_accuracy(capsys):
 # --- degenerate batches and labels ------------------------------------------------------------------
 @pytest.mark.parametrize("n, size", [(33, 16), (32, 16), (17, 16), (1, 16), (2, 1), (5, 1), (65, 32), (64, 32)])
 def test_batches_join_a_last_single_sample(n, size):
-    sizes = [b.numel() for b in steps.batches(torch.arange(n), size)]
-    assert sum(sizes) == n and len(sizes) == steps.batch_count(n, size)
-    assert torch.equal(torch.cat(list(steps.batches(torch.arange(n), size))), torch.arange(n))
+    sizes = [b.numel() for b in batching.batches(torch.arange(n), size)]
+    assert sum(sizes) == n and len(sizes) == batching.batch_count(n, size)
+    assert torch.equal(torch.cat(list(batching.batches(torch.arange(n), size))), torch.arange(n))
     if size > 1 and n > 1:
         assert min(sizes) >= 2  # never a batch of one
     assert max(sizes) <= size + 1

@@ -7,6 +7,7 @@ rho = 0.95, MINE 0.08; independent variables within 0.02 (histogram, KSG) and 0.
 """
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -166,6 +167,9 @@ def test_mi_command_on_report_folders_and_raw_rows(tmp_path, capsys):
         (["missing.npz"], "no such report folder or poison file"),
         (["clean", "--estimators", "hist"], "unknown hist"),
         (["clean", "--projections", "1"], "--projections"),
+        (["random", "--eps", "-8"], "--eps must be in (0, 255] (units of 1/255), got -8"),
+        (["random", "--eps", "nan"], "--eps must be in (0, 255] (units of 1/255), got nan"),
+        (["random", "--eps", "300"], "--eps must be in (0, 255] (units of 1/255), got 300"),
     ],
 )
 def test_mi_bad_inputs(tmp_path, capsys, argv, message):
@@ -206,3 +210,40 @@ def test_mi_refuses_a_report_whose_poison_changed(tmp_path, capsys):
     assert run_command(["mi", str(tmp_path / "ev"), "--out", str(tmp_path / "mi.json")]) == 2
     assert "has changed" in capsys.readouterr().err
     torch.manual_seed(0)
+
+
+def test_mi_and_plot_never_write_over_their_inputs_and_mi_sees_the_defended_images(tmp_path, capsys, monkeypatch):
+    from miue_ext.mutual_info import victim_rows
+
+    train_spec, test_spec = write_tiny_data(tmp_path)
+    with np.load(tmp_path / "train.npz") as data:
+        write_poison(tmp_path / "p.npz", data["images"], data["labels"])
+    common = ["--data", train_spec, "--test-data", test_spec, "--model", "smallcnn", "--epochs", "1", "--no-progress"]
+    folder = tmp_path / "ev_grey"
+    assert (
+        run_command(
+            ["evaluate", "--poison", str(tmp_path / "p.npz"), "--defense", "grayscale", "--out", str(folder), *common]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    kept = {path: path.read_bytes() for path in (tmp_path / "p.npz", folder / "report.json")}
+    for argv in (
+        ["mi", str(tmp_path / "p.npz"), "--out", str(tmp_path / "p.npz"), *common],
+        ["mi", str(folder), "--out", str(folder / "report.json")],
+        ["plot", str(folder), "--out", str(folder / "report.json")],
+    ):
+        assert run_command(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "refusing to overwrite it" in err and len(err.splitlines()) == 1, err
+    assert {path: path.read_bytes() for path in kept} == kept
+
+    seen = []  # the report's data set is reloaded with --root (a CIFAR report needs it)
+    original = victim_rows.load_dataset
+    monkeypatch.setattr(victim_rows, "load_dataset", lambda *a, **k: seen.append(a) or original(*a, **k))
+    args = SimpleNamespace(root="/the/root", image_size=None, resize_to=None, cache_dir=None, progress=False)
+    row = victim_rows.load_row(str(folder), args, print)
+    assert seen and seen[0][2] == "/the/root"
+    assert row.name == "miue+grayscale"
+    for images in (row.training_set.images, row.training_set.clean_images):  # as the victim saw them
+        assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()

@@ -85,6 +85,26 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
         load_poison(tmp_path / "missing.npz")
 
 
+def test_damage_anywhere_in_the_file_is_an_input_error(tmp_path):
+    """Bytes changed anywhere (a corrupt deflate stream raises zlib.error, not BadZipFile) end in
+    InputError, the one line with exit 2, never an internal error."""
+    clean, delta, labels = _example()
+    poisoned, pert = quantize(clean, delta, 8 / 255)
+    path = tmp_path / "p.npz"
+    save_poison(path, poisoned, labels, pert, {"eps": 8 / 255})
+    good = path.read_bytes()
+    damaged_by = set()
+    for offset in range(0, len(good) - 50, max(1, len(good) // 60)):
+        data = bytearray(good)
+        data[offset : offset + 50] = bytes(b ^ 0x5A for b in data[offset : offset + 50])
+        path.write_bytes(bytes(data))
+        try:
+            load_poison(path)
+        except InputError as err:
+            damaged_by.add("decompressing" if "decompressing" in str(err) else "other")
+    assert damaged_by == {"decompressing", "other"}  # both kinds of damage were met, and refused
+
+
 def test_interrupted_save_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     clean, delta, labels = _example()
     poisoned, pert = quantize(clean, delta, 8 / 255)

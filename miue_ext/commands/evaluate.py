@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--warmup-epochs must be in [0, --epochs={epochs}], got {config.warmup_epochs:g}")
     if not (math.isfinite(config.max_grad_norm) and config.max_grad_norm >= 0):
         raise InputError(f"--max-grad-norm must be a finite number >= 0, got {config.max_grad_norm:g}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise InputError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay:g}")
+    if not 0 <= config.seed < 2**32:
+        raise InputError(f"--seed must be in [0, 2^32), got {config.seed}")
     data_spec = data_spec_for(args.poison, args.data)
     train, test = load_data(data_spec, args.root, args.download, args.test_data, **load_kwargs(args))
     log = logger(args.progress)

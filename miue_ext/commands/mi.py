@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from miue_ext.commands.common import logger
@@ -69,10 +70,14 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.errors import InputError, writing
     from miue_ext.mutual_info.analysis import analyse
     from miue_ext.mutual_info.victim_rows import load_row
+    from miue_ext.output_safety import check_output_path
 
     estimators = _estimators(args.estimators)
     if args.projections < 2 or args.samples < 50:
         raise InputError("--projections must be >= 2 and --samples >= 50")
+    if not (math.isfinite(args.eps) and 0 < args.eps <= 255):
+        raise InputError(f"--eps must be in (0, 255] (units of 1/255), got {args.eps:g}")
+    check_output_path(args.out, "--out", _input_files(args))
     try:
         check_writable(args.out)
     except OSError as err:
@@ -124,6 +129,24 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"wrote {args.out}")
     return 0
+
+
+def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """What --out must not replace: each row's report and victim, or its poison file, and --data's file."""
+    from miue_ext.evaluate.evaluation_report import MODEL_FILE, REPORT_FILE
+    from miue_ext.output_safety import data_file_of
+
+    inputs = []
+    for spec in args.rows:
+        if Path(spec).is_dir():
+            inputs += [(f"row {spec}'s {name}", Path(spec) / name) for name in (REPORT_FILE, MODEL_FILE)]
+        else:
+            inputs.append((f"row {spec}", Path(spec)))
+    for option in ("data", "test_data"):
+        path = data_file_of(getattr(args, option) or "")
+        if path:
+            inputs.append((f"the --{option.replace('_', '-')} file", Path(path)))
+    return inputs
 
 
 def _loaded_victim(row, folder: Path):

@@ -12,6 +12,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +27,17 @@ def run(args: argparse.Namespace) -> int:
     from miue_ext.errors import InputError
     from miue_ext.evaluate.evaluation_report import load_report, plot_curves, plot_versus_eps, report_label
 
+    from miue_ext.evaluate.evaluation_report import REPORT_FILE
+    from miue_ext.output_safety import check_output_path
+
+    check_output_path(
+        args.out,
+        "--out",
+        [
+            (f"the report {path}", Path(path) / REPORT_FILE if Path(path).is_dir() else Path(path))
+            for path in args.reports
+        ],
+    )
     try:
         check_writable(args.out)
     except OSError as err:

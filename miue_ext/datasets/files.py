@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import numpy as np
 from miue_ext.datasets import decode, layouts, limits
 from miue_ext.datasets.base import ImageDataset
 from miue_ext.datasets.decode import IMAGE_SUFFIXES  # noqa: F401  (its old home)
-from miue_ext.errors import InputError
+from miue_ext.errors import UNREADABLE_ARCHIVE, InputError
 
 
 def load_npz(path: str) -> ImageDataset:
@@ -34,7 +33,7 @@ def load_npz(path: str) -> ImageDataset:
             images, labels = archive["images"], archive["labels"]
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except UNREADABLE_ARCHIVE as err:
         raise InputError(f"{path}: not a readable .npz archive ({err})") from None
     return ImageDataset(images, labels, name=Path(path).name)
 

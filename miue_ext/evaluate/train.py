@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from miue_ext.augment import random_crop_flip
+from miue_ext.batching import batch_count, batches
 from miue_ext.evaluate.defenses import Defense
 from miue_ext.evaluate.defenses.adversarial import pgd_attack
 from miue_ext.errors import InputError, NonFiniteLossError
@@ -167,7 +168,7 @@ def _train_epoch(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = len(y_train)
-    steps_per_epoch = -(-n // config.batch_size)
+    steps_per_epoch = batch_count(n, config.batch_size)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     scheduled_lr = optimizer.param_groups[0]["lr"]
     first_step = (epoch - 1) * steps_per_epoch
@@ -179,12 +180,12 @@ def _train_epoch(
         bar = tqdm(total=n, desc=f"epoch {epoch}", unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
     loss_sum, correct = 0.0, 0.0
     model.train()
-    for start in range(0, n, config.batch_size):
-        step = first_step + start // config.batch_size
+    start = 0  # samples of the epoch done
+    for batch_number, index in enumerate(batches(order, config.batch_size)):  # no batch of one: batch norm
+        step = first_step + batch_number
         if step < warmup_steps:
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr * (step + 1) / warmup_steps
-        index = order[start : start + config.batch_size]
         x = to_model_input(random_crop_flip(x_train.index_select(0, index), generator))
         y = y_train.index_select(0, index)
         if defense.adversarial_eps > 0:
@@ -208,9 +209,10 @@ def _train_epoch(
             hits = weight * (predicted == y_a).sum().item() + (1 - weight) * (predicted == y_b).sum().item()
         loss_sum += loss.item() * len(index)
         correct += hits
+        start += len(index)
         if bar is not None:
             bar.update(len(index))
-            bar.set_postfix(loss=f"{loss_sum / (start + len(index)):.3f}", acc=f"{correct / (start + len(index)):.1%}")
+            bar.set_postfix(loss=f"{loss_sum / start:.3f}", acc=f"{correct / start:.1%}")
     if bar is not None:
         bar.close()
     return loss_sum / n, correct / n

@@ -3,17 +3,17 @@ or a poison file, always checked against the clean images it claims to perturb."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from miue_ext.datasets import ImageDataset, load_dataset
 from miue_ext.datasets.limits import check_npz_arrays
-from miue_ext.errors import InputError
+from miue_ext.errors import UNREADABLE_ARCHIVE, InputError
 from miue_ext.poison_file import load_poison, quantize
 from miue_ext.poison_formats import foreign_format, load_any_poison, poison_source
 
@@ -59,7 +59,7 @@ def _recorded_meta(path: str) -> dict:
             meta = json.loads(str(archive["meta"]))
         if isinstance(meta, dict):
             return meta
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, InputError):
+    except (*UNREADABLE_ARCHIVE, KeyError, InputError):
         pass
     return load_poison(path).meta
 
@@ -134,11 +134,30 @@ def load_data(
     (needed for npz: and imagefolder: data, which hold a single split). `image_options`:
     load_dataset's image_size, resize_to, cache_dir and progress, for both."""
     train = load_dataset(spec, "train", root, download, **image_options)
-    test = (
-        load_dataset(test_spec, "train", root, download, **image_options)
-        if test_spec
-        else load_dataset(spec, "test", root, download, **image_options)
-    )
+    if test_spec:  # a set with splits (patches, cifar10, tiny-imagenet:...) gives its test split
+        single_split = test_spec.split(":", 1)[0] in ("npz", "imagefolder")
+        test = load_dataset(test_spec, "train" if single_split else "test", root, download, **image_options)
+    else:
+        test = load_dataset(spec, "test", root, download, **image_options)
+    test = _with_training_classes(test, train)
     if test.num_classes > train.num_classes:
         raise InputError(f"the test set has {test.num_classes} classes, the training set {train.num_classes}")
     return train, test
+
+
+def _with_training_classes(test: ImageDataset, train: ImageDataset) -> ImageDataset:
+    """Test labels numbered as the training set numbers its classes, by name: each image folder
+    numbers its own sorted class folders, so a test folder that lacks a class would otherwise
+    give every later class the label of another."""
+    if not (test.class_names and train.class_names) or list(test.class_names) == list(train.class_names):
+        return test
+    unknown = [name for name in test.class_names if name not in train.class_names]
+    if unknown:
+        raise InputError(
+            f"the test set has classes the training set lacks: {', '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''}"
+        )
+    index = np.array([list(train.class_names).index(name) for name in test.class_names], dtype=np.int64)
+    return dataclasses.replace(
+        test, labels=index[test.labels], class_names=list(train.class_names), num_classes=train.num_classes
+    )

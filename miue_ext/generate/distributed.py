@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from miue_ext.batching import batch_count
 from miue_ext.errors import DistributedError, InputError, LostProcessesError
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -177,8 +178,6 @@ def perturbation_shard(order: torch.Tensor, rank: int, world_size: int) -> torch
 
 def perturbation_batches(order: torch.Tensor, world_size: int, batch_size: int) -> int:
     """Poison batches run in one epoch over all ranks (each rank batches its own shard)."""
-    from miue_ext.generate.steps import batch_count
-
     return sum(batch_count(perturbation_shard(order, r, world_size).numel(), batch_size) for r in range(world_size))
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from miue_ext.augment import RandomShiftFlip
-from miue_ext.generate.steps import batch_count
+from miue_ext.batching import batch_count
 from miue_ext.generate.surrogate_view import with_view
 
 

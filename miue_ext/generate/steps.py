@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from miue_ext import ops
+from miue_ext.batching import batches
 from miue_ext.generate.objectives import Objective, cross_entropy
 
 
@@ -32,25 +33,6 @@ def autocast_context(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def batches(order: torch.Tensor, batch_size: int):
-    """Consecutive batches of `order`; a last batch of one sample joins the one before it: alone,
-    it has no pair for L_sim (a zero gradient: the sample would not move) and no batch statistics
-    for a 1x1 batch-norm layer."""
-    n = order.numel()
-    for start in range(0, n, batch_size):
-        stop = start + batch_size
-        if stop == n - 1 and batch_size > 1:
-            yield order[start:]
-            return
-        yield order[start:stop]
-
-
-def batch_count(n: int, batch_size: int) -> int:
-    """How many batches `batches` makes of n samples."""
-    count = -(-n // batch_size)
-    return count - 1 if batch_size > 1 and count > 1 and n % batch_size == 1 else count
 
 
 def clean_batch(images, index, flip_mask=None) -> torch.Tensor:

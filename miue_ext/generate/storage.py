@@ -208,7 +208,7 @@ class StreamStore:
         """Chunks of `order` (device or CPU), each prepared on the helper thread during the previous one."""
         order = order.cpu()
         parts = [order[start : start + self.rows] for start in range(0, order.numel(), self.rows)]
-        if len(parts) > 1 and parts[-1].numel() == 1:  # as steps.batches joins it: the same batches
+        if len(parts) > 1 and parts[-1].numel() == 1:  # as batching.batches joins it: the same batches
             parts[-2:] = [order[-(self.rows + 1) :]]
         pending = self.prefetch.submit(self._gather, parts[0], self.source) if parts else None
         for i in range(len(parts)):

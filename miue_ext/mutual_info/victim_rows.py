@@ -7,6 +7,7 @@ regenerated from the recorded seed). Any other row is a training set to train a 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from torch import nn
 from miue_ext.datasets import load_dataset
 from miue_ext.datasets.cli_args import load_kwargs
 from miue_ext.errors import InputError
+from miue_ext.evaluate.defenses import parse_defense
 from miue_ext.evaluate.evaluation_report import MODEL_FILE, REPORT_FILE, load_report
 from miue_ext.evaluate.training_sets import BASELINES, TrainingSet, data_spec_for, load_data, load_training_set
 from miue_ext.poison_formats import poison_digest, poison_exists
@@ -47,13 +49,20 @@ def _from_report(folder: Path, args) -> Row:
             raise InputError(f"{folder}: its poison {spec} no longer exists")
         if poison_digest(spec) != poison["sha256"]:
             raise InputError(f"{folder}: {spec} has changed since the evaluation")
-    train = load_dataset(data_spec, "train", **load_kwargs(args))
+    train = load_dataset(data_spec, "train", args.root, **load_kwargs(args))
     if list(train.images.shape[1:]) != list(report["data"]["image_shape"]):
         raise InputError(
             f"{folder}: its victim was trained on images of {report['data']['image_shape']}, "
             f"{data_spec} gives {list(train.images.shape[1:])}; pass the evaluation's --image-size"
         )
     training_set = load_training_set(spec, train, poison["eps_pixels"] / 255, report["train"]["seed"])
+    defense = parse_defense(report["defense"]["spec"])
+    if defense.train_filter is not None:  # the images as this victim saw them (grayscale, jpeg, ...)
+        training_set = dataclasses.replace(
+            training_set,
+            images=defense.train_filter(training_set.images),
+            clean_images=defense.train_filter(training_set.clean_images),
+        )
 
     def trained() -> nn.Module:
         model = build_victim(report["model"], report["data"]["num_classes"], report["data"]["image_shape"][2])
