@@ -4,6 +4,8 @@ autograd registrations so that they work under autograd, torch.compile and opche
 Non-finite features (NaN or inf) give a NaN loss and NaN gradients, as PyTorch's losses do.
 """
 
+import contextlib
+
 import torch
 
 from . import _extension  # noqa: F401  (registers torch.ops.miue)
@@ -167,9 +169,25 @@ def intra_class_cosine(features, labels):
     return _ops.intra_class_cosine_forward(features, labels)
 
 
+@contextlib.contextmanager
+def _updated_in_place(name: str, tensor: torch.Tensor, argument: str):
+    """Around an in-place update: it is not differentiable, so a tensor that autograd tracks is
+    refused (as torch refuses in-place ops on leaves); afterwards the version counter is bumped, so
+    that autograd refuses a graph that saved the old values instead of using the new ones."""
+    if tensor.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{name}: {argument} requires grad, but the update is not differentiable; call it under "
+            f"torch.no_grad() or on a tensor that does not require grad"
+        )
+    yield
+    if not torch.compiler.is_compiling():  # a compiled graph tracks the mutation itself
+        torch.autograd.graph.increment_version(tensor)
+
+
 def pgd_update_(delta, x, grad, alpha, eps):
     """In place: delta <- clamp(x + clamp(delta - alpha*sign(grad), -eps, eps), 0, 1) - x. Returns delta."""
-    _ops.pgd_update_(delta, x, grad, float(alpha), float(eps))
+    with _updated_in_place("pgd_update_", delta, "delta"):
+        _ops.pgd_update_(delta, x, grad, float(alpha), float(eps))
     return delta
 
 
@@ -180,5 +198,6 @@ def pgd_update_indexed_(poison, index, x, grad, alpha, eps, check_index=True):
     index_put_ without accumulate, duplicates update in an unspecified order). check_index=False
     skips the range check, which costs a host sync on CUDA (the kernel still asserts).
     """
-    _ops.pgd_update_indexed_(poison, index, x, grad, float(alpha), float(eps), bool(check_index))
+    with _updated_in_place("pgd_update_indexed_", poison, "poison"):
+        _ops.pgd_update_indexed_(poison, index, x, grad, float(alpha), float(eps), bool(check_index))
     return poison

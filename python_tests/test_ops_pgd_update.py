@@ -90,3 +90,34 @@ def test_pgd_update_indexed_non_contiguous_poison(device):
     grad = torch.ones(2, 4, device=device)
     ops.pgd_update_indexed_(poison, index, x, grad, 0.1, 0.3)
     assert torch.allclose(storage[:, [1, 29]], torch.full((4, 2), -0.1, device=device))
+
+
+def _indexed(poison):
+    index = torch.tensor([0, 2])
+    return ops.pgd_update_indexed_(poison, index, torch.rand(2, 3), torch.randn(2, 3), 0.01, 0.03)
+
+
+UPDATES = {
+    "pgd_update_": lambda delta: ops.pgd_update_(delta, torch.rand(5, 3), torch.randn(5, 3), 0.01, 0.03),
+    "pgd_update_indexed_": _indexed,
+}
+
+
+@pytest.mark.parametrize("name", list(UPDATES))
+def test_in_place_update_is_seen_by_autograd(name):
+    """A graph that saved the old values must be refused, as for any torch in-place op, not
+    differentiated with the new ones; and a tensor that requires grad is refused up front."""
+    update = UPDATES[name]
+    weight, target = torch.ones(5, 3, requires_grad=True), torch.zeros(5, 3)
+    product = weight * target  # saves target for the backward
+    version = target._version
+    update(target)
+    assert target._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        product.sum().backward()
+    tracked = torch.zeros(5, 3, requires_grad=True)
+    argument = "delta" if name == "pgd_update_" else "poison"
+    with pytest.raises(RuntimeError, match=f"{name}: {argument} requires grad, but the update is not differentiable"):
+        update(tracked)
+    with torch.no_grad():
+        assert update(tracked) is tracked and tracked.abs().max() > 0
