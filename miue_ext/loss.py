@@ -1,5 +1,7 @@
 """MIUELoss: the fused MI-UE objective as an nn.Module for training loops."""
 
+import math
+
 from torch import nn
 
 from . import ops
@@ -10,10 +12,13 @@ class MIUELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, zeta: float = 0.1):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
-        self.zeta = float(zeta)
+        temperature, zeta = float(temperature), float(zeta)
+        # as the op checks them, but when the module is built rather than at its first forward
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        if not math.isfinite(zeta):
+            raise ValueError(f"zeta must be finite, got {zeta}")
+        self.temperature, self.zeta = temperature, zeta
 
     def forward(self, features, labels):
         return ops.mi_ue_loss(features, labels, self.temperature, self.zeta)

@@ -5,6 +5,8 @@ FeatureOpContract holds the checks that every op of (features [B, D], labels [B]
 passes against its reference; a test class applies them to its ops through a `name` fixture
 (TestLossOps here, TestIntraClassCosine in test_ops_intra_class_cosine.py)."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -182,6 +184,20 @@ def test_zeta_weights_the_distance_term(device):
     combined = ops.mi_ue_loss(features, labels, 0.2, zeta=0.7)
     separate = ops.sim_loss(features, labels, 0.2) + 0.7 * ops.dist_loss(features, labels)
     torch.testing.assert_close(combined, separate)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": float("inf")}, "temperature must be a finite number > 0, got inf"),
+        ({"temperature": 0}, "temperature must be a finite number > 0, got 0.0"),
+        ({"zeta": float("nan")}, "zeta must be finite, got nan"),
+    ],
+)
+def test_miue_loss_module_checks_its_settings_when_built(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        miue_ext.MIUELoss(**kwargs)
+    assert miue_ext.MIUELoss(temperature="0.5").temperature == 0.5  # as the op accepts it
 
 
 def test_miue_loss_module_in_a_training_step(device):
