@@ -61,7 +61,8 @@ def data_file_of(spec: str) -> str | None:
     return None
 
 
-# A run can resume only from these (one process; a torchrun group's commit point).
+# A run can resume only from these (one process; a torchrun group's commit point); the names
+# generate/checkpoint.py writes.
 CHECKPOINT_NAMES = ("checkpoint.pt", "manifest.json")
 DELTA_FILES_PATTERN = "delta-*.npy"  # a streamed run's perturbation files (generate/storage.py)
 

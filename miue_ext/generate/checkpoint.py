@@ -34,9 +34,10 @@ import torch
 
 from miue_ext.atomic import atomic_write, temporary_name_pattern
 from miue_ext.errors import InputError
+from miue_ext.output_safety import CHECKPOINT_NAMES
 
-CHECKPOINT_NAME = "checkpoint.pt"
-MANIFEST_NAME = "manifest.json"  # a multi-process run's commit point (see sharded_checkpoint)
+# checkpoint.pt; manifest.json, a multi-process run's commit point (see sharded_checkpoint)
+CHECKPOINT_NAME, MANIFEST_NAME = CHECKPOINT_NAMES
 CHECKSUM_MAGIC = b"MIUE-CKPT-SHA256"  # then the 32-byte SHA-256 of everything before the trailer
 TRAILER_SIZE = len(CHECKSUM_MAGIC) + hashlib.sha256().digest_size
 _ZIP_END = b"PK\x05\x06"  # a plain torch.save file (no trailer) ends with this 22-byte zip record
@@ -417,7 +418,7 @@ def refuse_earlier_checkpoint(directory: str | Path) -> None:
     """A run that starts from epoch 1 would replace the checkpoint (and, streamed, the delta files)
     of an earlier run in `directory`: refuse, so that a forgotten --resume costs nothing."""
     folder = Path(directory)
-    for name in (CHECKPOINT_NAME, MANIFEST_NAME):
+    for name in CHECKPOINT_NAMES:
         if (folder / name).is_file():
             raise InputError(
                 f"{folder} holds the checkpoint of an earlier run ({name}): continue it with --resume, "

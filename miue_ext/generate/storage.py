@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from miue_ext.batching import batches
 from miue_ext.errors import InputError
 
 from miue_ext.generate.config import STORAGES, STREAM_DTYPES
@@ -207,9 +208,9 @@ class StreamStore:
     def chunks(self, order: torch.Tensor, write: bool = False):
         """Chunks of `order` (device or CPU), each prepared on the helper thread during the previous one."""
         order = order.cpu()
-        parts = [order[start : start + self.rows] for start in range(0, order.numel(), self.rows)]
-        if len(parts) > 1 and parts[-1].numel() == 1:  # as batching.batches joins it: the same batches
-            parts[-2:] = [order[-(self.rows + 1) :]]
+        # Chunks of whole batches; a lone last sample joins the chunk before it, as it joins the
+        # batch before it, so a streamed run makes the very batches of a resident one.
+        parts = list(batches(order, self.rows))
         pending = self.prefetch.submit(self._gather, parts[0], self.source) if parts else None
         for i in range(len(parts)):
             samples, local_order, images, delta = pending.result()
